@@ -1,0 +1,136 @@
+"""The one audio datamodule every component trains on, with three views over the same manifests:
+
+- "crops": fixed-length random crops (codecs, SSL); text not required.
+- "utterances": whole utterances with their text (ASR).
+- "captions": whole clips with a `caption` (text-to-audio).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+
+import lightning as L
+
+from datamodules.collate import collate_audio
+from datamodules.datasets import ManifestAudioDataset
+from datamodules.manifest import Manifest, read_manifest
+from datamodules.sampling import DurationBucketBatchSampler, ResumableDataLoader
+
+log = logging.getLogger(__name__)
+
+VIEW_REQUIRED_FIELDS = {"crops": (), "utterances": ("text",), "captions": ("caption",)}
+
+
+class AudioDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        *,
+        train_manifest: str | None = None,
+        val_manifest: str | None = None,
+        test_manifests: dict[str, str] | None = None,
+        view: str = "utterances",
+        sample_rate: int = 16000,
+        crop_seconds: float | None = None,
+        batch_size: int = 16,
+        max_batch_seconds: float | None = None,
+        num_buckets: int = 10,
+        min_duration: float = 0.0,
+        max_duration: float = math.inf,
+        num_workers: int = 0,
+        strict: bool = False,
+        downmix: bool = True,
+        seed: int = 0,
+        extra_fields: tuple[str, ...] = (),
+        preparer: Callable[[], object] | None = None,
+    ):
+        super().__init__()
+        if view not in VIEW_REQUIRED_FIELDS:
+            raise ValueError(f"unknown view '{view}', expected one of {sorted(VIEW_REQUIRED_FIELDS)}")
+        if view == "crops" and not crop_seconds:
+            raise ValueError("the crops view needs crop_seconds")
+        self.manifests = {"train": train_manifest, "val": val_manifest}
+        self.test_manifests = dict(test_manifests or {})
+        self.view = view
+        self.sample_rate = sample_rate
+        self.crop_seconds = crop_seconds if view == "crops" else None
+        self.batching = {"batch_size": batch_size, "max_batch_seconds": max_batch_seconds, "num_buckets": num_buckets}
+        self.duration_range = (min_duration, max_duration)
+        self.num_workers = num_workers
+        self.strict = strict
+        self.downmix = downmix
+        self.seed = seed
+        self.extra_fields = tuple(extra_fields)
+        self.preparer = preparer
+        self.datasets: dict[str, ManifestAudioDataset] = {}
+
+    @property
+    def test_set_names(self) -> list[str]:
+        return list(self.test_manifests)
+
+    def prepare_data(self) -> None:
+        if self.preparer is not None:
+            self.preparer()
+
+    def load_manifest(self, path: str) -> Manifest:
+        manifest = read_manifest(path, required=VIEW_REQUIRED_FIELDS[self.view])
+        low, high = self.duration_range
+        kept = [row for row in manifest.rows if low <= row["duration"] <= high]
+        if len(kept) < len(manifest.rows):
+            log.info("%s: %d of %d rows outside [%s, %s] s", path, len(manifest) - len(kept), len(manifest), low, high)
+        if not kept:
+            raise ValueError(f"{path}: no rows with duration in [{low}, {high}] s")
+        rates = sorted({row["sample_rate"] for row in kept} - {self.sample_rate})
+        if rates:
+            log.info("%s: resampling audio at %s Hz to %d Hz", path, rates, self.sample_rate)
+        return Manifest(path=manifest.path, rows=kept)
+
+    def make_dataset(self, path: str) -> ManifestAudioDataset:
+        return ManifestAudioDataset(
+            self.load_manifest(path),
+            sample_rate=self.sample_rate,
+            crop_seconds=self.crop_seconds,
+            strict=self.strict,
+            downmix=self.downmix,
+            seed=self.seed,
+            extra_fields=self.extra_fields,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": list(self.test_manifests)}
+        names = wanted.get(stage, ["train", "val", *self.test_manifests])
+        paths = {**self.manifests, **self.test_manifests}
+        for name in names:
+            if paths.get(name) and name not in self.datasets:
+                self.datasets[name] = self.make_dataset(paths[name])
+
+    def loader(self, name: str, *, shuffle: bool) -> ResumableDataLoader:
+        if name not in self.datasets:
+            raise RuntimeError(f"no '{name}' manifest configured for this datamodule")
+        dataset = self.datasets[name]
+        durations = dataset.manifest.durations
+        if self.crop_seconds:
+            durations = [min(d, self.crop_seconds) for d in durations]
+        sampler = DurationBucketBatchSampler(durations, shuffle=shuffle, seed=self.seed, **self.batching)
+        return ResumableDataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate_audio,
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> ResumableDataLoader:
+        return self.loader("val", shuffle=False)
+
+    def test_dataloader(self) -> list[ResumableDataLoader]:
+        return [self.loader(name, shuffle=False) for name in self.test_manifests]
+
+    def predict_dataloader(self) -> list[ResumableDataLoader]:
+        return self.test_dataloader()
+
+

@@ -1,0 +1,8 @@
+"""Preparers: turn a dataset on disk into manifests (`python -m datamodules.prepare --help`)."""
+
+from datamodules.prepare.connected_digits import prepare_connected_digits
+from datamodules.prepare.folder import prepare_folder
+from datamodules.prepare.fsdd import prepare_fsdd
+from datamodules.prepare.librispeech import prepare_librispeech
+
+__all__ = ["prepare_connected_digits", "prepare_folder", "prepare_fsdd", "prepare_librispeech"]

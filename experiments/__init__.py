@@ -1,0 +1,1 @@
+"""Hydra entry points (train, eval), configs, MLflow helpers, reports and benchmarks."""

@@ -1,0 +1,1 @@
+"""One LightningModule per training stage; models arrive already built (Hydra `_target_`)."""

@@ -1,0 +1,83 @@
+"""Callbacks shared by every training stage."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import MLFlowLogger
+
+
+class ResumeState(L.Callback):
+    """Makes `ckpt_path=` resumption exact and traceable: stores RNG states (dropout, augmentation), the MLflow run
+    id and the resolved config in every checkpoint, and restores the RNG states on load."""
+
+    def __init__(self, config: dict | None = None):
+        self.config = config
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        mlflow_logger = next((lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)), None)
+        if mlflow_logger is not None:
+            checkpoint["mlflow_run_id"] = mlflow_logger.run_id
+        if self.config is not None:
+            checkpoint["voxlab_config"] = self.config
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        np.random.set_state(states["numpy"])
+        random.setstate(states["python"])
+        if states["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class SkippedAudioCounter(L.Callback):
+    """Counts items the datasets skipped as bad audio (see datamodules.datasets) and logs
+    `data/skipped_<stage>` as a metric at each epoch end, summed over ranks."""
+
+    def __init__(self):
+        self.counts = {"train": 0, "val": 0, "test": 0}
+
+    def _count(self, stage: str, batch: Any) -> None:
+        if isinstance(batch, dict):
+            self.counts[stage] += int(batch.get("n_skipped", 0))
+
+    def _log(self, pl_module: L.LightningModule, stage: str) -> None:
+        pl_module.log(f"data/skipped_{stage}", float(self.counts[stage]), sync_dist=True, reduce_fx="sum")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._count("train", batch)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.sanity_checking:
+            self._count("val", batch)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._count("test", batch)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._log(pl_module, "train")
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._log(pl_module, "val")
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._log(pl_module, "test")
+
+    def state_dict(self) -> dict:
+        return dict(self.counts)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.counts.update(state_dict)

@@ -1,0 +1,145 @@
+"""CTC speech recognition: training, greedy decoding, WER/CER on validation and every test set.
+
+Also the fine-tuning stage for pretrained encoders (LUISE SFT): `encoder_lr_scale` scales the encoder's learning
+rate and `freeze_encoder_steps` keeps it frozen for the first N optimizer steps.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import lightning as L
+import matplotlib
+import torch
+from torch import nn
+from torchmetrics.text import CharErrorRate, WordErrorRate
+
+from lit_modules.artifacts import log_audio, log_figure, log_text
+from lit_modules.optim import warmup_cosine
+from research.asr.ctc import ConformerCTC
+from research.text import ctc_greedy_decode
+
+matplotlib.use("Agg")
+
+
+class CTCASRModule(L.LightningModule):
+    def __init__(
+        self,
+        *,
+        net: ConformerCTC,
+        optimizer: partial,
+        scheduler: dict | None = None,
+        encoder_lr_scale: float = 1.0,
+        freeze_encoder_steps: int = 0,
+        log_examples: int = 4,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler = scheduler or {}
+        self.val_metrics = self.make_metrics()
+        self.test_metrics = nn.ModuleList()
+        self.first_val_batch: dict[str, Any] | None = None
+
+    @staticmethod
+    def make_metrics() -> nn.ModuleDict:
+        return nn.ModuleDict({"wer": WordErrorRate(), "cer": CharErrorRate()})
+
+    def forward(self, audio: torch.Tensor, audio_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(audio, audio_lens)
+
+    # --- training ---------------------------------------------------------------------------------------------
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        frozen = self.global_step < self.hparams.freeze_encoder_steps
+        self.net.encoder.requires_grad_(not frozen)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        if batch["audio"].shape[0] == 0:  # every item of the batch was bad audio
+            return None
+        log_probs, lens = self(batch["audio"], batch["audio_lens"])
+        loss = self.net.loss(log_probs, lens, batch["text"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["text"]))
+        return loss
+
+    # --- evaluation -------------------------------------------------------------------------------------------
+    def evaluate(self, batch: dict, metrics: nn.ModuleDict, prefix: str) -> tuple[torch.Tensor, torch.Tensor, list]:
+        log_probs, lens = self(batch["audio"], batch["audio_lens"])
+        hypotheses = ctc_greedy_decode(log_probs, lens, self.net.vocab)
+        references = [self.net.vocab.normalize(t) for t in batch["text"]]
+        size = len(references)
+        loss = self.net.loss(log_probs, lens, batch["text"])
+        self.log(f"{prefix}/loss", loss, batch_size=size, sync_dist=True, add_dataloader_idx=False)
+        for name, metric in metrics.items():
+            metric.update(hypotheses, references)
+            self.log(f"{prefix}/{name}", metric, batch_size=size, prog_bar=name == "wer", add_dataloader_idx=False)
+        return log_probs, lens, hypotheses
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if batch["audio"].shape[0] == 0:
+            return
+        log_probs, lens, hypotheses = self.evaluate(batch, self.val_metrics, "val")
+        if batch_idx == 0:
+            self.first_val_batch = {"batch": batch, "log_probs": log_probs, "lens": lens, "hyps": hypotheses}
+
+    def on_validation_epoch_end(self) -> None:
+        if self.first_val_batch is not None and not self.trainer.sanity_checking:
+            self.log_examples(**self.first_val_batch)
+        self.first_val_batch = None
+
+    def on_test_start(self) -> None:
+        names = getattr(self.trainer.datamodule, "test_set_names", None) or ["test"]
+        self.test_metrics = nn.ModuleList(self.make_metrics() for _ in names).to(self.device)
+
+    def test_prefix(self, dataloader_idx: int) -> str:
+        names = getattr(self.trainer.datamodule, "test_set_names", None) or ["test"]
+        return "test" if dataloader_idx == 0 else f"test_{names[dataloader_idx]}"
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch["audio"].shape[0] == 0:
+            return
+        self.evaluate(batch, self.test_metrics[dataloader_idx], self.test_prefix(dataloader_idx))
+
+    # --- artifacts --------------------------------------------------------------------------------------------
+    def log_examples(self, batch: dict, log_probs: torch.Tensor, lens: torch.Tensor, hyps: list[str]) -> None:
+        count = min(self.hparams.log_examples, len(hyps))
+        if count == 0:
+            return
+        lines = [f"{batch['id'][i]}\tREF: {batch['text'][i]}\n\tHYP: {hyps[i]}" for i in range(count)]
+        log_text(self.trainer, "val_examples", "\n".join(lines))
+        sample_rate = self.net.encoder.features.mel.sample_rate
+        log_audio(self.trainer, f"val_{batch['id'][0]}", batch["audio"][0, :, : batch["audio_lens"][0]], sample_rate)
+        figure = self.posterior_figure(log_probs[0, : lens[0]], hyps[0], batch["text"][0])
+        log_figure(self.trainer, f"val_{batch['id'][0]}_posteriors", figure)
+
+    def posterior_figure(self, log_probs: torch.Tensor, hypothesis: str, reference: str):
+        import matplotlib.pyplot as plt
+
+        figure, axis = plt.subplots(figsize=(10, 3.5))
+        axis.imshow(log_probs.exp().T.float().cpu().numpy(), aspect="auto", origin="lower", cmap="magma")
+        labels = ["<b>", *self.net.vocab.characters.replace(" ", "_")]
+        axis.set_yticks(range(len(labels)), labels, fontsize=6)
+        axis.set_xlabel(f"frame ({self.net.encoder.frame_rate:.0f} Hz)")
+        axis.set_title(f"REF: {reference}\nHYP: {hypothesis}", fontsize=8)
+        figure.tight_layout()
+        return figure
+
+    # --- optimisation -----------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict:
+        encoder_params = list(self.net.encoder.parameters())
+        encoder_ids = {id(p) for p in encoder_params}
+        other_params = [p for p in self.parameters() if id(p) not in encoder_ids]
+        optimizer = self.optimizer_factory(other_params)
+        base_lr = optimizer.param_groups[0]["lr"]
+        optimizer.add_param_group({"params": encoder_params, "lr": base_lr * self.hparams.encoder_lr_scale})
+        if not self.scheduler:
+            return {"optimizer": optimizer}
+        total = self.scheduler.get("total_steps") or self.trainer.estimated_stepping_batches
+        schedule = warmup_cosine(
+            optimizer,
+            warmup_steps=self.scheduler.get("warmup_steps", 0),
+            total_steps=int(total),
+            min_ratio=self.scheduler.get("min_ratio", 0.05),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

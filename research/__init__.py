@@ -1,0 +1,1 @@
+"""Pure PyTorch models, losses, quantizers, decoding and metrics (no Lightning, Hydra or MLflow)."""

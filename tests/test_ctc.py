@@ -1,0 +1,70 @@
+import math
+
+import torch
+
+from research.asr.ctc import ConformerCTC
+from research.encoder import ConformerEncoder
+from research.features import LogMel
+from research.text import CharVocabulary, ctc_greedy_decode
+
+
+def tiny_model(**kwargs) -> ConformerCTC:
+    encoder = ConformerEncoder(d_model=32, num_layers=2, num_heads=2, ffn_dim=64, subsampling_channels=8, **kwargs)
+    return ConformerCTC(encoder=encoder)
+
+
+def test_vocabulary_round_trip_and_normalisation():
+    vocab = CharVocabulary()
+    assert len(vocab) == 29 and vocab.blank == 0
+    assert vocab.normalize("  Three, ONE!  four ") == "three one four"
+    assert vocab.decode(vocab.encode("nine o'clock")) == "nine o'clock"
+
+
+def test_greedy_decode_collapses_repeats_and_drops_blanks():
+    vocab = CharVocabulary()
+    o, n, e, space = vocab.index["o"], vocab.index["n"], vocab.index["e"], vocab.index[" "]
+    path = [0, o, o, 0, n, e, e, space, o, 0, n, n, e, 0, 0]  # "one one" then padding frames
+    log_probs = torch.full((1, len(path), len(vocab)), -10.0)
+    log_probs[0, torch.arange(len(path)), torch.tensor(path)] = 0.0
+    assert ctc_greedy_decode(log_probs, torch.tensor([13]), vocab) == ["one one"]
+    assert ctc_greedy_decode(log_probs, torch.tensor([4]), vocab) == ["o"]
+
+
+def test_frame_rate_and_shapes():
+    model = tiny_model()
+    audio = torch.randn(2, 1, 16000)
+    log_probs, lens = model(audio, torch.tensor([16000, 8000]))
+    assert model.encoder.frame_rate == 25.0
+    assert log_probs.shape == (2, 26, 29)
+    assert lens.tolist() == [26, 13]
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(2, 26), atol=1e-5)
+    layers = model.encoder(audio, torch.tensor([16000, 8000]), output_layers=True).layers
+    assert len(layers) == 3 and all(t.shape == (2, 26, 32) for t in layers)
+
+
+def test_log_mel_lengths_and_normalisation():
+    mel = LogMel()
+    feats, lens = mel(torch.randn(2, 1, 16000), torch.tensor([16000, 4000]))
+    assert feats.shape == (2, 101, 80) and lens.tolist() == [101, 26]
+    assert feats[1, 26:].abs().sum() == 0  # padding frames are zeroed
+    valid = feats[0]
+    assert abs(valid.mean().item()) < 1e-4 and math.isclose(valid.std(0).mean().item(), 1.0, rel_tol=0.05)
+
+
+def test_ctc_loss_falls_when_overfitting_one_batch():
+    torch.manual_seed(0)
+    model = tiny_model(dropout=0.0)
+    audio = torch.randn(2, 1, 16000) * 0.1
+    lens = torch.tensor([16000, 16000])
+    texts = ["one two", "nine"]
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        log_probs, out_lens = model(audio, lens)
+        loss = model.loss(log_probs, out_lens, texts)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

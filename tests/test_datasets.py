@@ -1,0 +1,112 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from datamodules.audio_datamodule import AudioDataModule
+from datamodules.collate import collate_audio
+from datamodules.datasets import ManifestAudioDataset
+from datamodules.manifest import read_manifest
+from datamodules.sampling import DurationBucketBatchSampler
+from research.audio import BadAudioError
+from tests.conftest import sine
+
+
+@pytest.fixture
+def mixed_manifest(tmp_path):
+    """Two good files plus each kind of bad input, as one manifest."""
+    files = {
+        "good16k": lambda p: sf.write(p, sine(1.0, 16000), 16000),
+        "good8k": lambda p: sf.write(p, sine(1.0, 8000), 8000),
+        "stereo": lambda p: sf.write(p, sine(1.0, 16000, channels=2), 16000),
+        "corrupt": lambda p: p.write_bytes(b"garbage" * 10),
+        "empty": lambda p: sf.write(p, np.zeros(0, np.float32), 16000),
+        "nan": lambda p: sf.write(p, np.full(1600, np.nan, np.float32), 16000, subtype="FLOAT"),
+        "missing": lambda p: None,
+    }
+    rows = []
+    for name, make in files.items():
+        make(tmp_path / f"{name}.wav")
+        rows.append({"id": name, "audio_filepath": f"{name}.wav", "duration": 1.0, "sample_rate": 16000, "text": name})
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_bad_items_are_skipped_and_counted(mixed_manifest, caplog):
+    dataset = ManifestAudioDataset(read_manifest(mixed_manifest), sample_rate=16000)
+    items = [dataset[i] for i in range(len(dataset))]
+    kept = [item["id"] for item in items if item is not None]
+    assert kept == ["good16k", "good8k", "stereo"]
+    batch = collate_audio(items)
+    assert batch["n_skipped"] == 4
+    assert batch["audio"].shape == (3, 1, 16000)  # 8 kHz resampled, stereo down-mixed
+    assert batch["audio_lens"].tolist() == [16000, 16000, 16000]
+    assert "corrupt.wav" in caplog.text and "zero-length" in caplog.text
+
+
+def test_strict_mode_raises_naming_file_and_manifest_line(mixed_manifest):
+    dataset = ManifestAudioDataset(read_manifest(mixed_manifest), sample_rate=16000, strict=True)
+    with pytest.raises(BadAudioError, match=r"corrupt\.wav: unreadable.*mixed\.jsonl:4"):
+        dataset[3]
+
+
+def test_all_bad_batch_collates_to_empty():
+    batch = collate_audio([None, None])
+    assert batch["audio"].shape[0] == 0 and batch["n_skipped"] == 2
+
+
+def test_crops_have_fixed_length_and_follow_seed_and_epoch(tmp_path):
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "long.wav", rng.uniform(-0.5, 0.5, 32000).astype(np.float32), 16000, subtype="FLOAT")
+    (tmp_path / "m.jsonl").write_text(
+        json.dumps({"id": "x", "audio_filepath": "long.wav", "duration": 2.0, "sample_rate": 16000}) + "\n"
+    )
+    dataset = ManifestAudioDataset(read_manifest(tmp_path / "m.jsonl"), sample_rate=16000, crop_seconds=0.5)
+    first = dataset[0]["audio"]
+    assert first.shape == (1, 8000)
+    assert torch.equal(first, dataset[0]["audio"])
+    dataset.set_epoch(1)
+    assert not torch.equal(first, dataset[0]["audio"])
+
+
+def test_bucket_batches_respect_limits_and_cover_everything():
+    durations = list(np.random.default_rng(0).uniform(0.5, 5.0, 200))
+    sampler = DurationBucketBatchSampler(durations, batch_size=16, max_batch_seconds=30, num_buckets=5, seed=3)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    for batch in batches:
+        assert len(batch) <= 16
+        assert max(durations[i] for i in batch) * len(batch) <= 30 or len(batch) == 1
+    assert batches == list(sampler)  # same epoch, same order
+    sampler.set_epoch(1)
+    assert batches != list(sampler)
+
+
+def test_bucket_sampler_shards_across_ranks(monkeypatch):
+    durations = [1.0 + (i % 7) for i in range(101)]
+    sampler = DurationBucketBatchSampler(durations, batch_size=4, seed=0)
+    shards = []
+    for rank in range(3):
+        monkeypatch.setattr("datamodules.sampling.distributed_rank_and_size", lambda r=rank: (r, 3))
+        shards.append(list(sampler))
+    assert len({len(s) for s in shards}) == 1  # equal batch counts keep DDP ranks in step
+    covered = {i for shard in shards for batch in shard for i in batch}
+    assert covered == set(range(101))
+
+
+def test_datamodule_views_and_errors(mixed_manifest):
+    with pytest.raises(ValueError, match="unknown view"):
+        AudioDataModule(train_manifest=str(mixed_manifest), view="spectrograms")
+    with pytest.raises(ValueError, match="crop_seconds"):
+        AudioDataModule(train_manifest=str(mixed_manifest), view="crops")
+    captions = AudioDataModule(train_manifest=str(mixed_manifest), view="captions")
+    with pytest.raises(Exception, match="missing field 'caption'"):
+        captions.setup("fit")
+    dm = AudioDataModule(train_manifest=str(mixed_manifest), batch_size=4, max_duration=10)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert sum(b["n_skipped"] for b in batches) == 4
+    assert sum(b["audio"].shape[0] for b in batches) == 3
