@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 
 import lightning as L
+import torch
 
 from datamodules.collate import collate_audio
 from datamodules.datasets import ManifestAudioDataset
@@ -119,6 +120,8 @@ class AudioDataModule(L.LightningDataModule):
             batch_sampler=sampler,
             collate_fn=collate_audio,
             num_workers=self.num_workers,
+            # Its own generator: creating an iterator must not draw from the global RNG (resumed runs would diverge).
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> ResumableDataLoader:

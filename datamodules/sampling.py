@@ -104,9 +104,6 @@ class ResumableDataLoader(DataLoader):
     the bucket sampler then skips the batches the interrupted run already trained on.
     """
 
-    # Lightning's training fetcher asks for one batch ahead of the step it runs (to detect the last batch).
-    PREFETCHED_BY_TRAINER = 1
-
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._yielded = 0
@@ -120,9 +117,8 @@ class ResumableDataLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict:
-        sampler = self.batch_sampler
-        prefetched = self.PREFETCHED_BY_TRAINER if self._yielded < len(sampler) else 0
-        return {"epoch": sampler.epoch, "batches_done": max(0, self._yielded - prefetched)}
+        # Lightning fetches no batch ahead for loaders with a length, so every batch handed out has been trained on.
+        return {"epoch": self.batch_sampler.epoch, "batches_done": self._yielded}
 
     def load_state_dict(self, state: dict) -> None:
         sampler = self.batch_sampler

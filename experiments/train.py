@@ -37,10 +37,10 @@ def hydra_context() -> dict[str, Any]:
 
 
 def run_tags(cfg: DictConfig, context: dict[str, Any]) -> dict[str, str]:
-    experiment = context.get("experiment", "none")
+    experiment = cfg.get("experiment_name") or context.get("experiment") or "none"
     tags = {
         f"{tracking.TAG_PREFIX}experiment": experiment,
-        f"{tracking.TAG_PREFIX}component": experiment.split("/")[0],
+        f"{tracking.TAG_PREFIX}component": cfg.get("component") or experiment.split("/")[0],
         f"{tracking.TAG_PREFIX}output_dir": str(cfg.paths.output_dir),
     }
     tags.update({str(k): str(v) for k, v in (cfg.get("tags") or {}).items()})
@@ -108,11 +108,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         tracking.record_run(mlflow_logger, cfg, tags)
 
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # Our checkpoints carry RNG states and the config; they are trusted, so no weights-only unpickling.
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test", False):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     record_checkpoints(trainer, mlflow_logger)
 

@@ -36,6 +36,8 @@ def tiny_overrides(data_dir: Path, output_dir: Path, *extra: str) -> list[str]:
         "data.batch_size=8",
         "data.num_workers=0",
         "trainer.max_steps=6",
+        "trainer.val_check_interval=3",
+        "data.num_buckets=2",
         "trainer.log_every_n_steps=1",
         "callbacks.progress_bar.refresh_rate=0",
         *TINY_MODEL,
