@@ -1,6 +1,6 @@
 # Two entry points: `make demo` (train the main job on the embedded data) and `make test` (lint + test suite).
 # Both create .venv on first use; re-installs only when pyproject.toml changes.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 export VOXLAB_MIRROR ?= $(abspath ../shared/data)

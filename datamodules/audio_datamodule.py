@@ -11,7 +11,6 @@ import logging
 import math
 from collections.abc import Callable
 
-
 import lightning as L
 import torch
 
@@ -57,7 +56,11 @@ class AudioDataModule(L.LightningDataModule):
         self.view = view
         self.sample_rate = sample_rate
         self.crop_seconds = crop_seconds if view == "crops" else None
-        self.batching = {"batch_size": batch_size, "max_batch_seconds": max_batch_seconds, "num_buckets": num_buckets}
+        self.batching = {
+            "batch_size": batch_size,
+            "max_batch_seconds": max_batch_seconds,
+            "num_buckets": num_buckets,
+        }
         self.duration_range = (min_duration, max_duration)
         self.num_workers = num_workers
         self.strict = strict
@@ -80,7 +83,14 @@ class AudioDataModule(L.LightningDataModule):
         low, high = self.duration_range
         kept = [row for row in manifest.rows if low <= row["duration"] <= high]
         if len(kept) < len(manifest.rows):
-            log.info("%s: %d of %d rows outside [%s, %s] s", path, len(manifest) - len(kept), len(manifest), low, high)
+            log.info(
+                "%s: %d of %d rows outside [%s, %s] s",
+                path,
+                len(manifest) - len(kept),
+                len(manifest),
+                low,
+                high,
+            )
         if not kept:
             raise ValueError(f"{path}: no rows with duration in [{low}, {high}] s")
         rates = sorted({row["sample_rate"] for row in kept} - {self.sample_rate})
@@ -135,5 +145,3 @@ class AudioDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> list[ResumableDataLoader]:
         return self.test_dataloader()
-
-

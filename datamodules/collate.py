@@ -15,7 +15,7 @@ def collate_audio(items: list[dict[str, Any] | None]) -> dict[str, Any]:
     for row, item in enumerate(good):
         audio[row, :, : item["audio"].shape[1]] = item["audio"]
     batch: dict[str, Any] = {"audio": audio, "audio_lens": lens, "n_skipped": len(items) - len(good)}
-    for name in (items_keys(good) - {"audio"}):
+    for name in items_keys(good) - {"audio"}:
         batch[name] = [item[name] for item in good]
     return batch
 

@@ -96,7 +96,9 @@ def write_manifest(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     with tmp.open("w", encoding="utf-8") as out:
         for number, row in enumerate(rows, start=1):
             row = dict(row)
-            row["audio_filepath"] = os.path.relpath(Path(row["audio_filepath"]).resolve(), path.parent.resolve())
+            row["audio_filepath"] = os.path.relpath(
+                Path(row["audio_filepath"]).resolve(), path.parent.resolve()
+            )
             validate_row(row, where=f"{path}:{number}")
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
     tmp.replace(path)  # readers never see a half-written manifest

@@ -25,7 +25,10 @@ TAG_PREFIX = "voxlab."
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}?timeout={SQLITE_BUSY_TIMEOUT_S}"
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{ROOT / 'mlflow.db'}?timeout={SQLITE_BUSY_TIMEOUT_S}"
+    )
 
 
 def artifact_location(experiment_name: str) -> str | None:
@@ -63,7 +66,9 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 def git_state(root: Path = ROOT) -> dict[str, str]:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     try:
         return {"git.commit": git("rev-parse", "HEAD"), "git.dirty": str(bool(git("status", "--porcelain")))}
@@ -114,7 +119,9 @@ class SweepGrouping(Callback):
         experiment_id = (
             experiment.experiment_id
             if experiment
-            else client.create_experiment(experiment_name, artifact_location=artifact_location(experiment_name))
+            else client.create_experiment(
+                experiment_name, artifact_location=artifact_location(experiment_name)
+            )
         )
         sweep_dir = Path(config.hydra.sweep.dir)
         run = client.create_run(

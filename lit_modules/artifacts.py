@@ -45,7 +45,9 @@ def step_dir(trainer: L.Trainer, kind: str) -> str:
 
 def log_audio(trainer: L.Trainer, name: str, wave: torch.Tensor, sample_rate: int) -> None:
     """Log a (samples,) or (1, samples) waveform as `audio/step_N/<name>.wav`."""
-    _write_and_log(trainer, step_dir(trainer, "audio"), f"{name}.wav", lambda p: write_audio(p, wave, sample_rate))
+    _write_and_log(
+        trainer, step_dir(trainer, "audio"), f"{name}.wav", lambda p: write_audio(p, wave, sample_rate)
+    )
 
 
 def log_figure(trainer: L.Trainer, name: str, figure) -> None:

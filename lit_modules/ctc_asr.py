@@ -64,7 +64,9 @@ class CTCASRModule(L.LightningModule):
         return loss
 
     # --- evaluation -------------------------------------------------------------------------------------------
-    def evaluate(self, batch: dict, metrics: nn.ModuleDict, prefix: str) -> tuple[torch.Tensor, torch.Tensor, list]:
+    def evaluate(
+        self, batch: dict, metrics: nn.ModuleDict, prefix: str
+    ) -> tuple[torch.Tensor, torch.Tensor, list]:
         log_probs, lens = self(batch["audio"], batch["audio_lens"])
         hypotheses = ctc_greedy_decode(log_probs, lens, self.net.vocab)
         references = [self.net.vocab.normalize(t) for t in batch["text"]]
@@ -73,7 +75,9 @@ class CTCASRModule(L.LightningModule):
         self.log(f"{prefix}/loss", loss, batch_size=size, sync_dist=True, add_dataloader_idx=False)
         for name, metric in metrics.items():
             metric.update(hypotheses, references)
-            self.log(f"{prefix}/{name}", metric, batch_size=size, prog_bar=name == "wer", add_dataloader_idx=False)
+            self.log(
+                f"{prefix}/{name}", metric, batch_size=size, prog_bar=name == "wer", add_dataloader_idx=False
+            )
         return log_probs, lens, hypotheses
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -109,7 +113,9 @@ class CTCASRModule(L.LightningModule):
         lines = [f"{batch['id'][i]}\tREF: {batch['text'][i]}\n\tHYP: {hyps[i]}" for i in range(count)]
         log_text(self.trainer, "val_examples", "\n".join(lines))
         sample_rate = self.net.encoder.features.mel.sample_rate
-        log_audio(self.trainer, f"val_{batch['id'][0]}", batch["audio"][0, :, : batch["audio_lens"][0]], sample_rate)
+        log_audio(
+            self.trainer, f"val_{batch['id'][0]}", batch["audio"][0, :, : batch["audio_lens"][0]], sample_rate
+        )
         figure = self.posterior_figure(log_probs[0, : lens[0]], hyps[0], batch["text"][0])
         log_figure(self.trainer, f"val_{batch['id'][0]}_posteriors", figure)
 

@@ -60,12 +60,16 @@ def load_audio(
         raise BadAudioError(path, "non-finite samples (NaN or Inf)")
     if channels > 1:
         if not downmix or channels > max_channels:
-            raise BadAudioError(path, f"{channels} channels (expected mono, down-mixing allowed up to {max_channels})")
+            raise BadAudioError(
+                path, f"{channels} channels (expected mono, down-mixing allowed up to {max_channels})"
+            )
         log_once(f"downmix {channels}", f"down-mixing {channels}-channel audio to mono (first seen: {path})")
         data = data.mean(axis=0, keepdims=True)
     wave = torch.from_numpy(np.ascontiguousarray(data))
     if file_rate != sample_rate:
-        log.debug("resampling %s from %d Hz to %d Hz", path, file_rate, sample_rate)  # datamodules log it per manifest
+        log.debug(
+            "resampling %s from %d Hz to %d Hz", path, file_rate, sample_rate
+        )  # datamodules log it per manifest
         wave = AF.resample(wave, file_rate, sample_rate)
     return wave.clamp_(-1.0, 1.0)
 

@@ -59,7 +59,9 @@ class LogMel(nn.Module):
 class SpecAugment(nn.Module):
     """Frequency and time masking on (B, frames, n_mels) features, active only in training mode."""
 
-    def __init__(self, *, freq_masks: int = 2, freq_width: int = 15, time_masks: int = 2, time_width: int = 20):
+    def __init__(
+        self, *, freq_masks: int = 2, freq_width: int = 15, time_masks: int = 2, time_width: int = 20
+    ):
         super().__init__()
         self.freq = nn.ModuleList(T.FrequencyMasking(freq_width, iid_masks=True) for _ in range(freq_masks))
         self.time = nn.ModuleList(T.TimeMasking(time_width, iid_masks=True) for _ in range(time_masks))

@@ -9,7 +9,9 @@ from research.text import CharVocabulary, ctc_greedy_decode
 
 
 def tiny_model(**kwargs) -> ConformerCTC:
-    encoder = ConformerEncoder(d_model=32, num_layers=2, num_heads=2, ffn_dim=64, subsampling_channels=8, **kwargs)
+    encoder = ConformerEncoder(
+        d_model=32, num_layers=2, num_heads=2, ffn_dim=64, subsampling_channels=8, **kwargs
+    )
     return ConformerCTC(encoder=encoder)
 
 

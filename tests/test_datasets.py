@@ -29,7 +29,9 @@ def mixed_manifest(tmp_path):
     rows = []
     for name, make in files.items():
         make(tmp_path / f"{name}.wav")
-        rows.append({"id": name, "audio_filepath": f"{name}.wav", "duration": 1.0, "sample_rate": 16000, "text": name})
+        rows.append(
+            {"id": name, "audio_filepath": f"{name}.wav", "duration": 1.0, "sample_rate": 16000, "text": name}
+        )
     path = tmp_path / "mixed.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -74,7 +76,9 @@ def test_crops_have_fixed_length_and_follow_seed_and_epoch(tmp_path):
 
 def test_bucket_batches_respect_limits_and_cover_everything():
     durations = list(np.random.default_rng(0).uniform(0.5, 5.0, 200))
-    sampler = DurationBucketBatchSampler(durations, batch_size=16, max_batch_seconds=30, num_buckets=5, seed=3)
+    sampler = DurationBucketBatchSampler(
+        durations, batch_size=16, max_batch_seconds=30, num_buckets=5, seed=3
+    )
     batches = list(sampler)
     assert sorted(i for b in batches for i in b) == list(range(200))
     for batch in batches:

@@ -19,8 +19,16 @@ def test_fsdd_uses_its_own_split(mirror, tmp_path):
 
 def test_connected_digits_contract(tiny_data_dir):
     folder = tiny_data_dir / "connected_digits"
-    splits = {name: read_manifest(folder / f"{name}.jsonl", required=("text",)) for name in ("train", "val", "test", "test_heldout")}
-    assert {name: len(m) for name, m in splits.items()} == {"train": 48, "val": 16, "test": 16, "test_heldout": 16}
+    splits = {
+        name: read_manifest(folder / f"{name}.jsonl", required=("text",))
+        for name in ("train", "val", "test", "test_heldout")
+    }
+    assert {name: len(m) for name, m in splits.items()} == {
+        "train": 48,
+        "val": 16,
+        "test": 16,
+        "test_heldout": 16,
+    }
     for name, manifest in splits.items():
         speakers = {row["speaker"] for row in manifest.rows}
         assert ("theo" in speakers) == (name == "test_heldout"), name
@@ -70,8 +78,15 @@ def test_librispeech_layouts(tmp_path):
 
     std = read_manifest(prepare_librispeech(root=tmp_path / "std", out_path=tmp_path / "std.jsonl")).rows
     assert std == [
-        {"id": "19-198-0001", "audio_filepath": "std/19/198/19-198-0001.flac", "duration": 0.1,
-         "sample_rate": 16000, "speaker": "19", "lang": "en", "text": "hello world"}
+        {
+            "id": "19-198-0001",
+            "audio_filepath": "std/19/198/19-198-0001.flac",
+            "duration": 0.1,
+            "sample_rate": 16000,
+            "speaker": "19",
+            "lang": "en",
+            "text": "hello world",
+        }
     ]
     row = read_manifest(prepare_librispeech(root=loose, out_path=tmp_path / "loose.jsonl")).rows[0]
     assert "text" not in row and row["speaker"] == "103" and row["duration"] == 0.2
@@ -84,4 +99,7 @@ def test_folder_with_transcripts(tmp_path):
     (tmp_path / "t.tsv").write_text("x.wav\tgood morning\n")
     path = prepare_folder(root=tmp_path / "a", out_path=tmp_path / "m.jsonl", transcripts=tmp_path / "t.tsv")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [(r["id"], r.get("text"), r["sample_rate"]) for r in rows] == [("x", "good morning", 8000), ("y", None, 8000)]
+    assert [(r["id"], r.get("text"), r["sample_rate"]) for r in rows] == [
+        ("x", "good morning", 8000),
+        ("y", None, 8000),
+    ]

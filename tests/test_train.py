@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -26,24 +28,39 @@ def test_training_run_is_recorded_in_mlflow(tiny_data_dir, tmp_path, mlflow_stor
     run = runs[0]
     assert run.data.params["model/optimizer/lr"] == "0.002"
     assert run.data.params["data/preparer/heldout_speaker"] == "theo"
-    assert {"train/loss", "val/wer", "val/cer", "test/wer", "test_heldout/wer", "data/skipped_train"} <= set(run.data.metrics)
+    assert {"train/loss", "val/wer", "val/cer", "test/wer", "test_heldout/wer", "data/skipped_train"} <= set(
+        run.data.metrics
+    )
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 6
     assert run.data.tags["git.commit"] and run.data.tags["voxlab.component"] == "asr"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "audio", "figures", "text"} <= artifacts
     config_text = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
-    assert "heldout_speaker: theo" in open(config_text).read()
+    assert "heldout_speaker: theo" in Path(config_text).read_text()
     assert run.data.tags["voxlab.checkpoint_last"].endswith("last.ckpt")
 
 
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny_data_dir, tmp_path, mlflow_store, compose_config):
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(
+    tiny_data_dir, tmp_path, mlflow_store, compose_config
+):
     # The LR schedule is pinned to 8 steps so that only the interruption differs between the two runs.
-    every_step = ["callbacks.model_checkpoint.every_n_train_steps=1", "data.batch_size=4", "test=false", "+model.scheduler.total_steps=8"]
-    straight = train(compose_config(tiny_overrides(tiny_data_dir, tmp_path / "a", "trainer.max_steps=8", *every_step)))
+    every_step = [
+        "callbacks.model_checkpoint.every_n_train_steps=1",
+        "data.batch_size=4",
+        "test=false",
+        "+model.scheduler.total_steps=8",
+    ]
+    straight = train(
+        compose_config(tiny_overrides(tiny_data_dir, tmp_path / "a", "trainer.max_steps=8", *every_step))
+    )
     train(compose_config(tiny_overrides(tiny_data_dir, tmp_path / "b", "trainer.max_steps=5", *every_step)))
     last = tmp_path / "b" / "checkpoints" / "last.ckpt"
     resumed = train(
-        compose_config(tiny_overrides(tiny_data_dir, tmp_path / "b", "trainer.max_steps=8", f"ckpt_path={last}", *every_step))
+        compose_config(
+            tiny_overrides(
+                tiny_data_dir, tmp_path / "b", "trainer.max_steps=8", f"ckpt_path={last}", *every_step
+            )
+        )
     )
     assert resumed["val/wer"] == straight["val/wer"]
     assert abs(resumed["val/loss"] - straight["val/loss"]) < 1e-5
@@ -68,7 +85,9 @@ def test_bad_audio_is_skipped_and_counted(tiny_data_dir, tmp_path, mlflow_store,
         row["audio_filepath"] = str(tmp_path / ("broken.wav" if index < 2 else "missing.wav"))
     manifest = tmp_path / "train_with_bad.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = compose_config(tiny_overrides(tiny_data_dir, tmp_path / "run", f"data.train_manifest={manifest}", "test=false"))
+    cfg = compose_config(
+        tiny_overrides(tiny_data_dir, tmp_path / "run", f"data.train_manifest={manifest}", "test=false")
+    )
     metrics = train(cfg)
     assert metrics["data/skipped_train"] >= 3  # 3 bad rows per epoch, and 6 steps cover at least one epoch
 
@@ -76,8 +95,14 @@ def test_bad_audio_is_skipped_and_counted(tiny_data_dir, tmp_path, mlflow_store,
 def test_eval_from_run_id_links_to_the_training_run(tiny_data_dir, tmp_path, mlflow_store, compose_config):
     train(compose_config(tiny_overrides(tiny_data_dir, tmp_path / "run", "test=false")))
     client, (training_run,) = runs_of(mlflow_store)
-    overrides = [o for o in tiny_overrides(tiny_data_dir, tmp_path / "eval") if not o.startswith(("trainer.max", "callbacks"))]
-    metrics = evaluate(compose_config([*overrides, f"run_id={training_run.info.run_id}", "task_name=eval"], "eval"))
+    overrides = [
+        o
+        for o in tiny_overrides(tiny_data_dir, tmp_path / "eval")
+        if not o.startswith(("trainer.max", "callbacks"))
+    ]
+    metrics = evaluate(
+        compose_config([*overrides, f"run_id={training_run.info.run_id}", "task_name=eval"], "eval")
+    )
     assert {"test/wer", "test_heldout/wer"} <= set(metrics)
     _, (eval_run,) = runs_of(mlflow_store, "eval")
     assert eval_run.data.tags["voxlab.evaluates_run"] == training_run.info.run_id

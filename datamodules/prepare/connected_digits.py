@@ -53,7 +53,9 @@ def compose_utterance(
         pieces.append(torch.zeros(1, silence))
         cursor += silence
         wave = audio[clip.path]
-        segments.append([round(cursor / sample_rate, 4), round((cursor + wave.shape[1]) / sample_rate, 4), clip.text])
+        segments.append(
+            [round(cursor / sample_rate, 4), round((cursor + wave.shape[1]) / sample_rate, 4), clip.text]
+        )
         pieces.append(wave)
         cursor += wave.shape[1]
     pieces.append(torch.zeros(1, int(rng.uniform(0, gap_seconds[0]) * sample_rate)))

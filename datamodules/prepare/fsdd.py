@@ -15,10 +15,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from research.audio import audio_info
-
 from datamodules.manifest import write_manifest
 from datamodules.prepare.stamp import is_prepared, mark_prepared
+from research.audio import audio_info
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,9 @@ def locate_recordings(mirror: str | os.PathLike | None, download: bool, cache_di
         )
     digest = recordings_digest(recordings)
     if digest != RECORDINGS_DIGEST:
-        raise ValueError(f"FSDD recordings at {recordings} do not match the pinned snapshot (digest {digest})")
+        raise ValueError(
+            f"FSDD recordings at {recordings} do not match the pinned snapshot (digest {digest})"
+        )
     return recordings
 
 
@@ -118,7 +119,11 @@ def clip_row(clip: FsddClip) -> dict:
 
 
 def prepare_fsdd(
-    *, out_dir: str | Path, mirror: str | None = None, download: bool = False, cache_dir: str | Path | None = None
+    *,
+    out_dir: str | Path,
+    mirror: str | None = None,
+    download: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, Path]:
     """Write out_dir/{train,test}.jsonl for FSDD's own split; returns the manifest paths by split."""
     out_dir = Path(out_dir)
