@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ def record_run(logger: MLFlowLogger, config: DictConfig, tags: dict[str, str]) -
         client.log_batch(logger.run_id, params=batch)
     for key, value in {**git_state(), **tags}.items():
         client.set_tag(logger.run_id, key, value)
-    name = "config.yaml" if not run.data.params else f"config_resumed_{len(run.data.tags)}.yaml"
+    name = "config.yaml" if not run.data.params else time.strftime("config_resumed_%Y%m%d-%H%M%S.yaml")
     client.log_text(logger.run_id, OmegaConf.to_yaml(resolved), name)
 
 

@@ -68,10 +68,8 @@ def test_ddp_sim_trains_with_two_processes_and_logs_one_run(
             )
         ],
     )
-    assert (
-        "world_size: 2" in result.stdout + result.stderr
-        or "distributed_backend=gloo" in result.stdout + result.stderr
-    )
+    output = result.stdout + result.stderr
+    assert "distributed_backend=gloo" in output and "Starting with 2 processes" in output
     runs = finished_runs(mlflow_store)
     assert len(runs) == 1
     run = runs[0]
