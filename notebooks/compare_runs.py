@@ -21,6 +21,7 @@
 # `python -m experiments.train -m experiment=asr/ctc_digits model.optimizer.lr=1e-3,3e-3`.
 
 # %%
+# %matplotlib inline
 import os
 
 from IPython.display import Audio, Image, display
