@@ -15,10 +15,6 @@ def collate_audio(items: list[dict[str, Any] | None]) -> dict[str, Any]:
     for row, item in enumerate(good):
         audio[row, :, : item["audio"].shape[1]] = item["audio"]
     batch: dict[str, Any] = {"audio": audio, "audio_lens": lens, "n_skipped": len(items) - len(good)}
-    for name in items_keys(good) - {"audio"}:
-        batch[name] = [item[name] for item in good]
+    fields = set(good[0]) - {"audio"} if good else set()
+    batch.update({name: [item[name] for item in good] for name in fields})
     return batch
-
-
-def items_keys(items: list[dict[str, Any]]) -> set[str]:
-    return set(items[0]) if items else set()
