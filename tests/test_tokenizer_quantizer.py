@@ -1,0 +1,150 @@
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from research.tokenizer.distillation import align_to_frames, d_axis_loss, t_axis_loss
+from research.tokenizer.quantizer import EMACodebook, ResidualVQ, SplitResidualVQ, kmeans, nearest_codes
+
+
+def test_nearest_codes_matches_brute_force_in_chunks():
+    torch.manual_seed(0)
+    x, codebook = torch.randn(1000, 8), torch.randn(50, 8)
+    brute = torch.cdist(x, codebook).argmin(-1)
+    assert torch.equal(nearest_codes(x, codebook, chunk=64), brute)
+
+
+def test_kmeans_finds_separated_clusters():
+    torch.manual_seed(0)
+    centers = torch.tensor([[5.0, 0.0], [-5.0, 0.0], [0.0, 5.0]])
+    samples = torch.cat([c + 0.1 * torch.randn(200, 2) for c in centers])
+    found, counts = kmeans(samples, 3, iters=10, generator=torch.Generator().manual_seed(1))
+    assert sorted(counts.tolist()) == [200, 200, 200]
+    assert torch.cdist(centers, found).min(-1).values.max() < 0.1
+
+
+def test_ema_update_matches_hand_computation():
+    book = EMACodebook(dim=2, size=2, decay=0.5, epsilon=0.0, dead_threshold=0.0)
+    book.embed.copy_(torch.tensor([[0.0, 0.0], [10.0, 10.0]]))
+    book.cluster_size.copy_(torch.tensor([2.0, 2.0]))
+    book.embed_sum.copy_(book.embed * 2)
+    frames = torch.tensor([[1.0, 1.0], [3.0, 1.0], [9.0, 9.0]])
+    book.ema_update(frames, torch.tensor([0, 0, 1]))
+    # cluster_size = 0.5*2 + 0.5*[2, 1] = [2, 1.5]; embed_sum = 0.5*[[0,0],[20,20]] + 0.5*[[4,2],[9,9]]
+    assert torch.allclose(book.cluster_size, torch.tensor([2.0, 1.5]))
+    assert torch.allclose(book.embed, torch.tensor([[1.0, 0.5], [14.5 / 1.5, 14.5 / 1.5]]))
+
+
+def test_dead_codes_are_replaced_by_batch_frames():
+    book = EMACodebook(dim=4, size=8, dead_threshold=2.0)
+    book.cluster_size.copy_(torch.tensor([5.0, 5, 0, 0, 5, 5, 5, 1]))
+    frames = torch.randn(100, 4)
+    assert book.replace_dead_codes(frames) == 3
+    replaced = book.embed[[2, 3, 7]]
+    assert all((frames == row).all(-1).any() for row in replaced)
+    assert (book.cluster_size >= 2).all()
+
+
+def test_rvq_shapes_per_level_sizes_and_reconstruction():
+    torch.manual_seed(0)
+    rvq = ResidualVQ(dim=8, codebook_sizes=[64, 16, 4], kmeans_iters=5)
+    x = torch.randn(3, 8, 40)
+    out = rvq(x)
+    assert out.quantized.shape == x.shape and out.codes.shape == (3, 3, 40) and len(out.levels) == 3
+    assert all(int(out.codes[i].max()) < size for i, size in enumerate([64, 16, 4]))
+    rvq.eval()
+    codes = rvq.encode(x)
+    errors = [(rvq.decode(codes[:k]) - x).pow(2).mean() for k in (1, 2, 3)]
+    assert errors[0] > errors[1] > errors[2]  # every level removes part of the residual
+
+
+def test_residual_comes_from_the_code_so_later_levels_train_the_encoder():
+    """EnCodec issue 25: with the residual taken from the straight-through output, the commitment loss of
+    level 2 has no gradient to the encoder output; taken from the code value, it does."""
+    torch.manual_seed(0)
+    rvq = ResidualVQ(dim=4, codebook_sizes=[16, 16], kmeans_iters=2)
+    rvq(torch.randn(2, 4, 30))  # initialise codebooks
+    x = torch.randn(2, 4, 30, requires_grad=True)
+    rvq.eval()
+    level2_loss = rvq(x).levels[1].sum()  # level 2's straight-through output depends on the level-2 residual
+    (grad,) = torch.autograd.grad(level2_loss, x)
+    assert grad.abs().sum() > 0
+    rvq.train()
+    out = rvq(x)
+    assert out.commitment_loss.requires_grad
+
+
+def test_quantizer_dropout_uses_a_prefix_of_levels():
+    torch.manual_seed(0)
+    rvq = ResidualVQ(dim=4, codebook_sizes=[8] * 4, quantizer_dropout=1.0, kmeans_iters=1)
+    used = {rvq(torch.randn(1, 4, 20)).codes.shape[0] for _ in range(40)}
+    assert used == {1, 2, 3, 4}
+    rvq.eval()
+    assert rvq(torch.randn(1, 4, 20)).codes.shape[0] == 4
+
+
+def test_split_rvq_semantic_level_is_parallel_not_residual():
+    torch.manual_seed(0)
+    split = SplitResidualVQ(dim=8, codebook_sizes=[32, 16, 16], kmeans_iters=2)
+    x = torch.randn(2, 8, 25)
+    out = split(x)
+    assert out.codes.shape == (3, 2, 25) and out.quantized.shape == x.shape
+    split.eval()
+    # the acoustic codes do not depend on the semantic codebook: changing it leaves them as they were
+    before = split.encode(x)
+    split.semantic.codebooks[0].embed.mul_(3.0)
+    after = split.encode(x)
+    assert torch.equal(before[1:], after[1:]) and not torch.equal(before[:1], after[:1])
+
+
+def _ddp_worker(rank: int, init_file: str, result_file: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.manual_seed(100 + rank)  # every rank sees different data and draws different random numbers
+    rvq = ResidualVQ(dim=6, codebook_sizes=[32, 8], kmeans_iters=3, dead_threshold=2.0)
+    for _ in range(5):
+        rvq(torch.randn(4, 6, 30) * (1 + rank))
+    torch.save({k: v for k, v in rvq.state_dict().items()}, f"{result_file}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_codebooks_stay_identical_across_ddp_ranks(tmp_path):
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path / "state")), nprocs=2, join=True)
+    rank0, rank1 = (torch.load(tmp_path / f"state.{r}") for r in range(2))
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+
+
+def test_d_axis_loss_by_hand():
+    student = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # (B=1, T=2, D=2)
+    teacher = torch.tensor([[[2.0, 0.0], [0.0, -3.0]]])
+    # dim 0 over time: (1,0)·(2,0) -> cos 1; dim 1: (0,1)·(0,-3) -> cos -1
+    expected = (
+        -(torch.log(torch.sigmoid(torch.tensor(1.0))) + torch.log(torch.sigmoid(torch.tensor(-1.0)))) / 2
+    )
+    assert torch.isclose(d_axis_loss(student, teacher), expected)
+
+
+def test_t_axis_loss_by_hand():
+    student = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])
+    teacher = torch.tensor([[[1.0, 0.0], [-1.0, -1.0]]])
+    l1 = (0 + 0 + 2 + 2) / 4
+    cos_term = (
+        -(torch.log(torch.sigmoid(torch.tensor(1.0))) + torch.log(torch.sigmoid(torch.tensor(-1.0)))) / 2
+    )
+    assert torch.isclose(t_axis_loss(student, teacher), l1 + cos_term)
+
+
+def test_teacher_features_are_aligned_to_codec_frames():
+    features = torch.arange(8.0).reshape(1, 8, 1)
+    assert align_to_frames(features, 8) is features
+    half = align_to_frames(features, 4)
+    assert half.shape == (1, 4, 1)
+    assert torch.allclose(half[0, :, 0], torch.tensor([0.5, 2.5, 4.5, 6.5]))
+
+
+@pytest.mark.parametrize("loss", [d_axis_loss, t_axis_loss])
+def test_distillation_losses_fall_to_their_minimum_when_matched(loss):
+    teacher = torch.randn(2, 10, 4)
+    assert loss(teacher, teacher) < loss(-teacher, teacher)
