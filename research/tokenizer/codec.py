@@ -1,0 +1,124 @@
+"""SpeechTokenizer generator: SEANet encoder with a 2-layer BiLSTM -> RVQ -> SEANet decoder with an LSTM.
+RVQ-1's output is projected to the teacher dimension for semantic distillation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from encodec.modules.conv import SConv1d
+from encodec.modules.seanet import SEANetDecoder, SEANetEncoder
+from torch import nn
+
+from research.tokenizer.quantizer import ResidualVQ, SplitResidualVQ
+
+
+class BiLSTM(nn.Module):
+    """Bidirectional LSTM over (B, C, T) with a skip connection (input repeated to the 2C outputs)."""
+
+    def __init__(self, dim: int, num_layers: int = 2):
+        super().__init__()
+        self.lstm = nn.LSTM(dim, dim, num_layers, bidirectional=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = rearrange(x, "b c t -> t b c")
+        y, _ = self.lstm(x)
+        return rearrange(y + x.repeat(1, 1, 2), "t b c -> b c t")
+
+
+class BiLSTMSEANetEncoder(SEANetEncoder):
+    """encodec's SEANet encoder offers only a unidirectional LSTM; SpeechTokenizer's encoder uses a BiLSTM, so
+    build encodec's encoder without LSTM, insert one before the last activation, and widen the last conv."""
+
+    def __init__(self, *, lstm: int = 2, **kwargs):
+        super().__init__(lstm=0, **kwargs)
+        *body, activation, last_conv = list(self.model)
+        width = last_conv.conv.conv.in_channels
+        new_last = SConv1d(
+            2 * width,
+            self.dimension,
+            last_conv.conv.conv.kernel_size[0],
+            norm=kwargs.get("norm", "weight_norm"),
+            causal=kwargs.get("causal", False),
+            pad_mode=kwargs.get("pad_mode", "reflect"),
+        )
+        self.model = nn.Sequential(*body, BiLSTM(width, lstm), activation, new_last)
+
+
+@dataclass
+class CodecOutput:
+    audio: torch.Tensor  # (B, 1, T) reconstruction, same length as the input
+    codes: torch.Tensor  # (n_q, B, frames)
+    commitment_loss: torch.Tensor
+    semantic: torch.Tensor  # (B, frames, semantic_dim): projected RVQ-1 output, the distillation student
+    latent: torch.Tensor  # (B, dim, frames) encoder output before quantization
+
+
+class SpeechTokenizerCodec(nn.Module):
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 16000,
+        n_filters: int = 64,
+        dimension: int = 1024,
+        strides: tuple[int, ...] = (8, 5, 4, 2),
+        lstm_layers: int = 2,
+        n_residual_layers: int = 1,
+        codebook_sizes: tuple[int, ...] = (1024,) * 8,
+        semantic_dim: int = 768,
+        split_rvq: bool = False,
+        quantizer: dict | None = None,
+    ):
+        super().__init__()
+        self.sample_rate = sample_rate
+        seanet = {
+            "n_filters": n_filters,
+            "dimension": dimension,
+            "ratios": list(strides),
+            "n_residual_layers": n_residual_layers,
+            "lstm": lstm_layers,
+        }
+        self.encoder = BiLSTMSEANetEncoder(**seanet)
+        self.decoder = SEANetDecoder(**seanet)
+        quantizer_class = SplitResidualVQ if split_rvq else ResidualVQ
+        self.quantizer = quantizer_class(
+            dim=dimension, codebook_sizes=list(codebook_sizes), **(quantizer or {})
+        )
+        self.semantic_projection = nn.Linear(dimension, semantic_dim) if semantic_dim else nn.Identity()
+        self.hop_length = int(np.prod(strides))
+        self.frame_rate = sample_rate / self.hop_length
+
+    @property
+    def n_q(self) -> int:
+        return self.quantizer.n_q
+
+    @property
+    def bitrate(self) -> float:
+        """Bits per second with all levels: frame rate x sum of log2(codebook size) over levels."""
+        return self.frame_rate * float(sum(np.log2(size) for size in self.quantizer.codebook_sizes))
+
+    def frames(self, samples: int) -> int:
+        return -(-samples // self.hop_length)
+
+    def _pad(self, audio: torch.Tensor) -> torch.Tensor:
+        return F.pad(audio, (0, self.frames(audio.shape[-1]) * self.hop_length - audio.shape[-1]))
+
+    def forward(self, audio: torch.Tensor, n_q: int | None = None) -> CodecOutput:
+        latent = self.encoder(self._pad(audio))
+        quantized = self.quantizer(latent, n_q)
+        reconstruction = self.decoder(quantized.quantized)[..., : audio.shape[-1]]
+        semantic = self.semantic_projection(rearrange(quantized.levels[0], "b d t -> b t d"))
+        return CodecOutput(reconstruction, quantized.codes, quantized.commitment_loss, semantic, latent)
+
+    @torch.no_grad()
+    def encode(self, audio: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
+        """audio (B, 1, T) -> codes (n_q, B, ceil(T / hop))."""
+        return self.quantizer.encode(self.encoder(self._pad(audio)), n_q)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (n, B, frames) -> audio (B, 1, frames * hop), from the first n levels."""
+        return self.decoder(self.quantizer.decode(codes))
