@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from experiments import tracking
 from experiments.train import build_loggers, hydra_context, run_tags
+from lit_modules.artifacts import find_mlflow_logger
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -29,7 +30,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         tags[f"{tracking.TAG_PREFIX}evaluates_run"] = source_run
     loggers = build_loggers(_without_resume(cfg), tags)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
-    mlflow_logger = tracking.find_mlflow_logger(loggers)
+    mlflow_logger = find_mlflow_logger(loggers)
     if mlflow_logger is not None:
         tracking.record_run(mlflow_logger, cfg, tags)
     trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)

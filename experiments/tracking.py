@@ -77,10 +77,6 @@ def git_state(root: Path = ROOT) -> dict[str, str]:
         return {"git.commit": "unknown", "git.dirty": "unknown"}
 
 
-def find_mlflow_logger(loggers: list) -> MLFlowLogger | None:
-    return next((lg for lg in loggers if isinstance(lg, MLFlowLogger)), None)
-
-
 def record_run(logger: MLFlowLogger, config: DictConfig, tags: dict[str, str]) -> None:
     """Log the resolved config (flattened params + config.yaml), git state and tags to the logger's run.
 

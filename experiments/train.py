@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import tracking
+from lit_modules.artifacts import find_mlflow_logger
 from lit_modules.callbacks import ResumeState, SkippedAudioCounter
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     tags = run_tags(cfg, context)
     loggers = build_loggers(cfg, tags)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers or False)
-    mlflow_logger = tracking.find_mlflow_logger(loggers)
+    mlflow_logger = find_mlflow_logger(loggers)
     if mlflow_logger is not None:
         tracking.record_run(mlflow_logger, cfg, tags)
 

@@ -14,14 +14,14 @@ from lightning.pytorch.loggers import MLFlowLogger
 from research.audio import write_audio
 
 
-def _mlflow_logger(trainer: L.Trainer) -> MLFlowLogger | None:
-    return next((lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)), None)
+def find_mlflow_logger(loggers: list) -> MLFlowLogger | None:
+    return next((lg for lg in loggers if isinstance(lg, MLFlowLogger)), None)
 
 
 def log_artifact_file(trainer: L.Trainer, local_path: Path, artifact_dir: str) -> None:
     if not trainer.is_global_zero:
         return
-    mlflow_logger = _mlflow_logger(trainer)
+    mlflow_logger = find_mlflow_logger(trainer.loggers)
     if mlflow_logger is not None:
         mlflow_logger.experiment.log_artifact(mlflow_logger.run_id, str(local_path), artifact_dir)
     else:

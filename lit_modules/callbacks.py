@@ -8,7 +8,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import MLFlowLogger
+
+from lit_modules.artifacts import find_mlflow_logger
 
 
 class ResumeState(L.Callback):
@@ -25,7 +26,7 @@ class ResumeState(L.Callback):
             "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
-        mlflow_logger = next((lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)), None)
+        mlflow_logger = find_mlflow_logger(trainer.loggers)
         if mlflow_logger is not None:
             checkpoint["mlflow_run_id"] = mlflow_logger.run_id
         if self.config is not None:

@@ -4,6 +4,7 @@ and Hydra configs shrunk to a model that trains in seconds."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -84,24 +85,18 @@ def compose_config():
     return _compose
 
 
-@pytest.fixture
-def run_module():
-    """Run `python -m <module> args...` in a subprocess from the repo root; returns the CompletedProcess."""
-    import subprocess
-
-    def _run(module: str, args: list[str], env: dict | None = None, timeout: int = 600):
-        result = subprocess.run(
-            [sys.executable, "-m", module, *args],
-            cwd=REPO,
-            env={**os.environ, **(env or {})},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-        return result
-
-    return _run
+def run_python_module(module: str, args: list[str], env: dict | None = None, timeout: int = 600):
+    """Run `python -m <module> args...` from the repo root, as a user would; fails the test on a non-zero exit."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
 
 
 def sine(seconds: float, sample_rate: int, freq: float = 440.0, channels: int = 1) -> np.ndarray:

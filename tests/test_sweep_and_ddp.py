@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import tiny_overrides
+from tests.conftest import run_python_module, tiny_overrides
 
 
 def finished_runs(uri: str, experiment: str = "asr_ctc_digits"):
@@ -18,26 +18,12 @@ def finished_runs(uri: str, experiment: str = "asr_ctc_digits"):
 @pytest.fixture(scope="module")
 def sweep_store(tiny_data_dir, tmp_path_factory) -> str:
     """A two-point learning-rate sweep in a private MLflow store, shared by the tests below."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     tmp_path = tmp_path_factory.mktemp("sweep")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = tiny_overrides(tiny_data_dir, tmp_path / "unused", "test=false", "trainer.max_steps=3")
     overrides = [o for o in overrides if not o.startswith("paths.output_dir")]
     args = ["-m", *overrides, f"paths.runs_dir={tmp_path / 'runs'}", "model.optimizer.lr=1e-3,3e-3"]
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.train", *args],
-        cwd=REPO,
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-5000:]
+    run_python_module("experiments.train", args, env={"MLFLOW_TRACKING_URI": uri})
     return uri
 
 
@@ -57,10 +43,8 @@ def test_two_point_sweep_gives_two_grouped_runs(sweep_store):
 
 
 @pytest.mark.slow
-def test_ddp_sim_trains_with_two_processes_and_logs_one_run(
-    tiny_data_dir, tmp_path, mlflow_store, run_module
-):
-    result = run_module(
+def test_ddp_sim_trains_with_two_processes_and_logs_one_run(tiny_data_dir, tmp_path, mlflow_store):
+    result = run_python_module(
         "experiments.train",
         [
             *tiny_overrides(
