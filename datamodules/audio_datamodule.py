@@ -3,6 +3,9 @@
 - "crops": fixed-length random crops (codecs, SSL); text not required.
 - "utterances": whole utterances with their text (ASR).
 - "captions": whole clips with a `caption` (text-to-audio).
+
+The train manifest may be a list of manifests (e.g. LibriSpeech excerpts plus connected digits), read as one;
+`preparers` maps names to preparation callables (run in order in `prepare_data`), so a data config can add one.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ class AudioDataModule(L.LightningDataModule):
     def __init__(
         self,
         *,
-        train_manifest: str | None = None,
+        train_manifest: str | list[str] | None = None,
         val_manifest: str | None = None,
         test_manifests: dict[str, str] | None = None,
         view: str = "utterances",
@@ -44,7 +47,8 @@ class AudioDataModule(L.LightningDataModule):
         downmix: bool = True,
         seed: int = 0,
         extra_fields: tuple[str, ...] = (),
-        preparer: Callable[[], object] | None = None,
+        array_fields: tuple[str, ...] = (),
+        preparers: dict[str, Callable[[], object]] | None = None,
     ):
         super().__init__()
         if view not in VIEW_REQUIRED_FIELDS:
@@ -67,7 +71,8 @@ class AudioDataModule(L.LightningDataModule):
         self.downmix = downmix
         self.seed = seed
         self.extra_fields = tuple(extra_fields)
-        self.preparer = preparer
+        self.array_fields = tuple(array_fields)
+        self.preparers = dict(preparers or {})
         self.datasets: dict[str, ManifestAudioDataset] = {}
 
     @property
@@ -75,11 +80,26 @@ class AudioDataModule(L.LightningDataModule):
         return list(self.test_manifests)
 
     def prepare_data(self) -> None:
-        if self.preparer is not None:
-            self.preparer()
+        for prepare in self.preparers.values():
+            if prepare is not None:
+                prepare()
 
-    def load_manifest(self, path: str) -> Manifest:
-        manifest = read_manifest(path, required=VIEW_REQUIRED_FIELDS[self.view])
+    def read_manifests(self, paths: str | list[str]) -> Manifest:
+        """One manifest, or several concatenated (their relative paths made absolute)."""
+        required = VIEW_REQUIRED_FIELDS[self.view]
+        if isinstance(paths, str):
+            return read_manifest(paths, required=required)
+        parts = [read_manifest(path, required=required) for path in paths]
+        path_fields = ("audio_filepath", *self.array_fields)
+        rows = [
+            {**row, **{f: str(part.resolve(row[f])) for f in path_fields if f in row}}
+            for part in parts
+            for row in part.rows
+        ]
+        return Manifest(path=parts[0].path, rows=rows)
+
+    def load_manifest(self, path: str | list[str]) -> Manifest:
+        manifest = self.read_manifests(path)
         low, high = self.duration_range
         kept = [row for row in manifest.rows if low <= row["duration"] <= high]
         if len(kept) < len(manifest.rows):
@@ -98,7 +118,7 @@ class AudioDataModule(L.LightningDataModule):
             log.info("%s: resampling audio at %s Hz to %d Hz", path, rates, self.sample_rate)
         return Manifest(path=manifest.path, rows=kept)
 
-    def make_dataset(self, path: str) -> ManifestAudioDataset:
+    def make_dataset(self, path: str | list[str]) -> ManifestAudioDataset:
         return ManifestAudioDataset(
             self.load_manifest(path),
             sample_rate=self.sample_rate,
@@ -107,6 +127,7 @@ class AudioDataModule(L.LightningDataModule):
             downmix=self.downmix,
             seed=self.seed,
             extra_fields=self.extra_fields,
+            array_fields=self.array_fields,
         )
 
     def setup(self, stage: str | None = None) -> None:

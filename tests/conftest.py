@@ -33,7 +33,7 @@ def tiny_overrides(data_dir: Path, output_dir: Path, *extra: str) -> list[str]:
         f"paths.data_dir={data_dir}",
         f"paths.output_dir={output_dir}",
         f"paths.mirror_dir={MIRROR}",
-        f"data.preparer.counts={TINY_COUNTS}",
+        f"data.preparers.connected_digits.counts={TINY_COUNTS}",
         "data.batch_size=8",
         "data.num_workers=0",
         "trainer.max_steps=6",

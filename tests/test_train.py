@@ -27,7 +27,7 @@ def test_training_run_is_recorded_in_mlflow(tiny_data_dir, tmp_path, mlflow_stor
     assert len(runs) == 1
     run = runs[0]
     assert run.data.params["model/optimizer/lr"] == "0.002"
-    assert run.data.params["data/preparer/heldout_speaker"] == "theo"
+    assert run.data.params["data/preparers/connected_digits/heldout_speaker"] == "theo"
     assert {"train/loss", "val/wer", "val/cer", "test/wer", "test_heldout/wer", "data/skipped_train"} <= set(
         run.data.metrics
     )

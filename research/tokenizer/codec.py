@@ -16,6 +16,17 @@ from torch import nn
 from research.tokenizer.quantizer import ResidualVQ, SplitResidualVQ
 
 
+def detach_weight_norm_(module: nn.Module) -> nn.Module:
+    """encodec's and DAC's convs use the legacy `weight_norm`, which keeps the computed `weight` as a non-leaf
+    tensor that cannot be pickled (spawned DDP workers). Detaching it is harmless: the pre-forward hook recomputes
+    it from weight_g and weight_v."""
+    for sub in module.modules():
+        weight = sub.__dict__.get("weight")
+        if isinstance(weight, torch.Tensor) and weight.grad_fn is not None:
+            sub.weight = weight.detach()
+    return module
+
+
 class BiLSTM(nn.Module):
     """Bidirectional LSTM over (B, C, T) with a skip connection (input repeated to the 2C outputs)."""
 
@@ -106,9 +117,14 @@ class SpeechTokenizerCodec(nn.Module):
     def _pad(self, audio: torch.Tensor) -> torch.Tensor:
         return F.pad(audio, (0, self.frames(audio.shape[-1]) * self.hop_length - audio.shape[-1]))
 
+    def quantize(self, latent: torch.Tensor, n_q: int | None = None):
+        # Code distances, EMA statistics and k-means in float32 even under bf16/16-bit mixed precision.
+        with torch.autocast(latent.device.type, enabled=False):
+            return self.quantizer(latent.float(), n_q)
+
     def forward(self, audio: torch.Tensor, n_q: int | None = None) -> CodecOutput:
         latent = self.encoder(self._pad(audio))
-        quantized = self.quantizer(latent, n_q)
+        quantized = self.quantize(latent, n_q)
         reconstruction = self.decoder(quantized.quantized)[..., : audio.shape[-1]]
         semantic = self.semantic_projection(rearrange(quantized.levels[0], "b d t -> b t d"))
         return CodecOutput(reconstruction, quantized.codes, quantized.commitment_loss, semantic, latent)
@@ -116,9 +132,11 @@ class SpeechTokenizerCodec(nn.Module):
     @torch.no_grad()
     def encode(self, audio: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
         """audio (B, 1, T) -> codes (n_q, B, ceil(T / hop))."""
-        return self.quantizer.encode(self.encoder(self._pad(audio)), n_q)
+        latent = self.encoder(self._pad(audio))
+        with torch.autocast(latent.device.type, enabled=False):
+            return self.quantizer.encode(latent.float(), n_q)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (n, B, frames) -> audio (B, 1, frames * hop), from the first n levels."""
-        return self.decoder(self.quantizer.decode(codes))
+        return self.decoder(self.quantizer.decode(codes).to(next(self.decoder.parameters()).dtype))

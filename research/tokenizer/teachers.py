@@ -1,5 +1,11 @@
-"""Semantic teachers for RVQ-1 distillation, behind one call: audio (B, 1, T) -> features (B, frames, dim) with
-`dim` and `frame_rate` attributes. Teachers are frozen and never trained by the codec."""
+"""Semantic teachers for RVQ-1 distillation, behind one interface: `teacher.features(batch)` -> (B, frames, dim),
+with `dim` and `frame_rate` attributes. Teachers are frozen and never trained by the codec.
+
+- `HuggingFaceTeacher`: any transformers HuBERT / WavLM / wav2vec2 model directory.
+- `EncoderTeacher`: a voxlab speech encoder (the CTC recogniser's, LUISE's), built by whoever loads it.
+- `PrecomputedTeacher`: features extracted once (`python -m experiments.teacher_features`) and read by the
+  datamodule from the manifest column, cropped together with the audio.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,37 @@ import math
 import torch
 from torch import nn
 
+from research.encoder import ConformerEncoder
 
-class HuggingFaceTeacher(nn.Module):
-    """Any transformers HuBERT / WavLM / wav2vec2 model directory (`from_pretrained(local_dir)`).
 
-    `layer`: an index into the hidden states (0 = CNN features after projection, i = transformer layer i) or
-    "avg", the mean of all hidden states as in the released SpeechTokenizer (the paper's ablation uses layer 9).
-    """
+def select_layer(
+    hidden_states: list[torch.Tensor] | tuple[torch.Tensor, ...], layer: int | str
+) -> torch.Tensor:
+    """`layer` indexes the hidden states (0 = input to the first layer); "avg" is the mean of all of them, as in
+    the released SpeechTokenizer (the paper's ablation uses HuBERT layer 9)."""
+    return torch.stack(tuple(hidden_states)).mean(0) if layer == "avg" else hidden_states[int(layer)]
+
+
+def check_layer(layer: int | str, num_layers: int) -> int | str:
+    if layer != "avg" and not 0 <= int(layer) <= num_layers:
+        raise ValueError(f"layer must be 'avg' or 0..{num_layers}, got {layer!r}")
+    return layer if layer == "avg" else int(layer)
+
+
+class FrozenTeacher(nn.Module):
+    dim: int
+    frame_rate: float
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        return super().train(False)  # frozen: dropout stays off whatever the parent module does
+
+    def features(self, batch: dict) -> torch.Tensor:
+        with torch.no_grad():
+            return self(batch["audio"], batch["audio_lens"])
+
+
+class HuggingFaceTeacher(FrozenTeacher):
+    """Any transformers HuBERT / WavLM / wav2vec2 model directory (`from_pretrained(local_dir)`)."""
 
     def __init__(self, *, model_dir: str, layer: int | str = "avg", sample_rate: int = 16000):
         super().__init__()
@@ -26,19 +56,48 @@ class HuggingFaceTeacher(nn.Module):
             self.normalize = bool(AutoFeatureExtractor.from_pretrained(model_dir).do_normalize)
         except OSError:  # a directory without preprocessor_config.json: raw waveform, as HuBERT expects
             self.normalize = False
-        if layer != "avg" and not 0 <= int(layer) <= config.num_hidden_layers:
-            raise ValueError(f"layer must be 'avg' or 0..{config.num_hidden_layers}, got {layer!r}")
-        self.layer = layer
+        self.layer = check_layer(layer, config.num_hidden_layers)
         self.dim = config.hidden_size
         self.frame_rate = sample_rate / math.prod(config.conv_stride)
-
-    def train(self, mode: bool = True) -> HuggingFaceTeacher:
-        return super().train(False)  # frozen: dropout stays off whatever the parent module does
 
     @torch.no_grad()
     def forward(self, audio: torch.Tensor, audio_lens: torch.Tensor | None = None) -> torch.Tensor:
         wave = audio.squeeze(1).float()
         if self.normalize:
             wave = (wave - wave.mean(-1, keepdim=True)) / (wave.std(-1, keepdim=True) + 1e-7)
-        hidden = self.model(wave, output_hidden_states=True).hidden_states
-        return torch.stack(hidden).mean(0) if self.layer == "avg" else hidden[int(self.layer)]
+        return select_layer(self.model(wave, output_hidden_states=True).hidden_states, self.layer)
+
+
+class EncoderTeacher(FrozenTeacher):
+    """A voxlab `ConformerEncoder` (from a CTC recogniser or LUISE checkpoint); layer 0 is the subsampled input
+    to the first Conformer layer, layer i the output of layer i."""
+
+    def __init__(self, *, encoder: ConformerEncoder, layer: int | str = "avg"):
+        super().__init__()
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.layer = check_layer(layer, encoder.num_layers)
+        self.dim = encoder.d_model
+        self.frame_rate = encoder.frame_rate
+
+    @torch.no_grad()
+    def forward(self, audio: torch.Tensor, audio_lens: torch.Tensor | None = None) -> torch.Tensor:
+        if audio_lens is None:
+            audio_lens = torch.full((audio.shape[0],), audio.shape[-1], device=audio.device)
+        return select_layer(self.encoder(audio, audio_lens, output_layers=True).layers, self.layer)
+
+
+class PrecomputedTeacher(FrozenTeacher):
+    """Features stored beside the manifest and loaded into the batch under `field` by the datamodule
+    (`array_fields=[field]`)."""
+
+    def __init__(self, *, field: str = "teacher_features", dim: int, frame_rate: float):
+        super().__init__()
+        self.field, self.dim, self.frame_rate = field, dim, frame_rate
+
+    def features(self, batch: dict) -> torch.Tensor:
+        if self.field not in batch:
+            raise KeyError(
+                f"batch has no '{self.field}': add it to the datamodule's array_fields "
+                "(features are extracted with `python -m experiments.teacher_features`)"
+            )
+        return batch[self.field].float()
