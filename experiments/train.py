@@ -16,6 +16,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import tracking
@@ -76,8 +77,10 @@ def build_loggers(cfg: DictConfig, tags: dict[str, str]) -> list:
     return loggers
 
 
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+def build_callbacks(cfg: DictConfig, *, has_logger: bool = True) -> list[L.Callback]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not has_logger:  # Lightning refuses a learning-rate monitor without a logger (logger=none)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     resolved = OmegaConf.to_container(cfg, resolve=True)
     return [*callbacks, ResumeState(config=resolved), SkippedAudioCounter()]
 
@@ -103,7 +106,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model: L.LightningModule = instantiate(cfg.model)
     tags = run_tags(cfg, context)
     loggers = build_loggers(cfg, tags)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers or False)
+    callbacks = build_callbacks(cfg, has_logger=bool(loggers))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     mlflow_logger = find_mlflow_logger(loggers)
     if mlflow_logger is not None:
         tracking.record_run(mlflow_logger, cfg, tags)

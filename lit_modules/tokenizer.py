@@ -88,6 +88,12 @@ class SpeechTokenizerModule(L.LightningModule):
             raise ValueError(f"distillation_loss must be one of {sorted(DISTILLATION_LOSSES)}")
         if self.weights["distillation"] > 0 and teacher is None:
             raise ValueError("a distillation weight > 0 needs a teacher (or set loss_weights.distillation=0)")
+        projection = codec.semantic_projection
+        if teacher is not None and isinstance(projection, nn.Linear) and projection.out_features != teacher.dim:
+            raise ValueError(
+                f"the codec projects RVQ-1 to {projection.out_features} dims but the teacher's features have "
+                f"{teacher.dim}: set model.codec.semantic_dim={teacher.dim}"
+            )
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError("scheduler_interval must be 'epoch' or 'step'")
         self.codec = codec

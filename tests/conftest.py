@@ -103,3 +103,90 @@ def sine(seconds: float, sample_rate: int, freq: float = 440.0, channels: int = 
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     wave = 0.5 * np.sin(2 * np.pi * freq * t).astype(np.float32)
     return np.stack([wave] * channels, axis=1) if channels > 1 else wave
+
+
+TINY_TOKENIZER = [
+    "experiment=tokenizer/cpu",
+    "model.codec.n_filters=4",
+    "model.codec.dimension=32",
+    "model.codec.codebook_sizes=[64,64,64,64]",
+    "model.codec.quantizer.kmeans_iters=5",
+    "model.discriminator.stft_filters=4",
+    "model.discriminator.stft_n_ffts=[512,256]",
+    "model.adversarial_start_step=2",
+    "model.quality_clips=2",
+    "model.teacher.layer=1",
+    "model.codec.semantic_dim=32",  # d_model of the tiny CTC teacher
+    "data.crop_seconds=1.0",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "data.train_manifest=[${paths.data_dir}/connected_digits/train.jsonl]",
+    "trainer.max_steps=10",
+    "trainer.val_check_interval=5",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.log_every_n_steps=1",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+
+
+def tiny_tokenizer_overrides(data_dir: Path, output_dir: Path, teacher_ckpt: Path, *extra: str) -> list[str]:
+    return [
+        *TINY_TOKENIZER,
+        f"paths.data_dir={data_dir}",
+        f"paths.output_dir={output_dir}",
+        f"paths.mirror_dir={MIRROR}",
+        f"data.preparers.connected_digits.counts={TINY_COUNTS}",
+        f"model.teacher.ckpt_path={teacher_ckpt}",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_ctc_checkpoint(tiny_data_dir, tmp_path_factory) -> Path:
+    """A 4-step CTC digit recogniser: the semantic teacher of the tiny tokenizer runs."""
+    from experiments.train import train
+
+    out = tmp_path_factory.mktemp("ctc_teacher")
+    with initialize_config_module(config_module="experiments.configs", version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=tiny_overrides(tiny_data_dir, out, "trainer.max_steps=4", "test=false", "logger=none"),
+        )
+    train(cfg)
+    return out / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_run(tiny_data_dir, tiny_ctc_checkpoint, tmp_path_factory) -> dict:
+    """A tiny distilled tokenizer trained through experiments.train into its own MLflow store (session-wide, the
+    tokenize tool and the notebook use it): {"uri", "run_id", "ckpt", "data_dir", "metrics"}."""
+    from mlflow.tracking import MlflowClient
+
+    from experiments.train import train
+
+    root = tmp_path_factory.mktemp("tokenizer")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        with initialize_config_module(config_module="experiments.configs", version_base="1.3"):
+            cfg = compose(
+                "train", overrides=tiny_tokenizer_overrides(tiny_data_dir, root / "run", tiny_ctc_checkpoint)
+            )
+        metrics = train(cfg)
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tokenizer_cpu")
+    (run,) = client.search_runs([experiment.experiment_id])
+    return {
+        "uri": uri,
+        "run_id": run.info.run_id,
+        "ckpt": root / "run" / "checkpoints" / "last.ckpt",
+        "data_dir": tiny_data_dir,
+        "metrics": metrics,
+    }

@@ -1,0 +1,149 @@
+"""SpeechTokenizer training: the LightningModule on real FSDD speech, and a tiny run through experiments.train."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import lightning as L
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from torch.utils.data import DataLoader, Dataset
+
+from lit_modules.tokenizer import SpeechTokenizerModule
+from research.audio import load_audio
+from research.encoder import ConformerEncoder
+from research.tokenizer.codec import SpeechTokenizerCodec
+from research.tokenizer.discriminators import CodecDiscriminator
+from research.tokenizer.teachers import EncoderTeacher
+
+
+class SameBatch(Dataset):
+    def __init__(self, batch: dict, length: int):
+        self.batch, self.length = batch, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        return self.batch
+
+
+class History(L.Callback):
+    def __init__(self):
+        self.values: dict[str, list[float]] = {}
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        for name in ("train/mel", "train/distillation", "train/discriminator"):
+            if name in trainer.callback_metrics:
+                self.values.setdefault(name, []).append(float(trainer.callback_metrics[name]))
+
+
+@pytest.fixture(scope="module")
+def speech_batch(mirror) -> dict:
+    """Four real FSDD digits (two speakers) at 16 kHz, 0.6 s each."""
+    names = ["0_george_5", "3_george_7", "5_jackson_5", "8_jackson_9"]
+    waves = [load_audio(mirror / "fsdd" / "recordings" / f"{n}.wav", sample_rate=16000) for n in names]
+    audio = torch.zeros(len(waves), 1, 9600)
+    for row, wave in enumerate(waves):
+        audio[row, :, : min(9600, wave.shape[1])] = wave[:, :9600]
+    return {"audio": audio, "audio_lens": torch.full((4,), 9600), "id": names}
+
+
+def tiny_module(**overrides) -> SpeechTokenizerModule:
+    torch.manual_seed(0)
+    encoder = ConformerEncoder(d_model=16, num_layers=1, num_heads=2, ffn_dim=32, subsampling_channels=4)
+    arguments = {
+        "codec": SpeechTokenizerCodec(
+            n_filters=4,
+            dimension=32,
+            codebook_sizes=(32, 32, 32),
+            semantic_dim=16,
+            quantizer={"kmeans_iters": 5},
+        ),
+        "discriminator": CodecDiscriminator(periods=(), msd_rates=(), stft_filters=4, stft_n_ffts=(512, 256)),
+        "teacher": EncoderTeacher(encoder=encoder, layer=1),
+        "generator_optimizer": partial(torch.optim.Adam, lr=3e-3, betas=(0.9, 0.99)),
+        "discriminator_optimizer": partial(torch.optim.Adam, lr=3e-3, betas=(0.9, 0.99)),
+        "quality_clips": 2,
+        **overrides,
+    }
+    return SpeechTokenizerModule(**arguments)
+
+
+def fit(module, batch, max_steps: int, **trainer_args) -> History:
+    history = History()
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[history],
+        **trainer_args,
+    )
+    trainer.fit(module, DataLoader(SameBatch(batch, 1000), batch_size=None))
+    return history
+
+
+def test_generator_losses_fall(speech_batch):
+    module = tiny_module(adversarial_start_step=5)
+    history = fit(module, speech_batch, max_steps=5 + 2 * 35)
+    mel, distillation = history.values["train/mel"], history.values["train/distillation"]
+    assert len(mel) == 40 and int(module.generator_steps) == 40
+    assert sum(mel[-5:]) / 5 < 0.8 * sum(mel[:5]) / 5
+    assert sum(distillation[-5:]) < sum(distillation[:5])
+    assert len(history.values["train/discriminator"]) == 35  # trained only after the 5 warm-up steps
+
+
+def test_discriminator_is_untouched_during_warm_up(speech_batch):
+    module = tiny_module(adversarial_start_step=3)
+    before = [p.detach().clone() for p in module.discriminator.parameters()]
+    history = fit(module, speech_batch, max_steps=3)
+    assert "train/discriminator" not in history.values
+    assert all(torch.equal(a, b) for a, b in zip(before, module.discriminator.parameters(), strict=True))
+
+
+def test_bf16_mixed_keeps_quantizer_in_float32(speech_batch):
+    module = tiny_module(adversarial_start_step=0)
+    history = fit(module, speech_batch, max_steps=4, precision="bf16-mixed")
+    assert all(math.isfinite(v) for v in history.values["train/mel"])
+    assert all(cb.embed.dtype == torch.float32 for cb in module.codec.quantizer.codebooks)
+
+
+def test_misconfigured_distillation_is_refused():
+    with pytest.raises(ValueError, match="needs a teacher"):
+        tiny_module(teacher=None)
+    with pytest.raises(ValueError, match="semantic_dim=16"):
+        tiny_module(codec=SpeechTokenizerCodec(n_filters=4, dimension=32, codebook_sizes=(32,), semantic_dim=8))
+    assert tiny_module(teacher=None, loss_weights={"distillation": 0.0}).teacher is None
+
+
+def test_tiny_run_logs_quality_codebook_and_audio(tiny_tokenizer_run):
+    client = MlflowClient(tiny_tokenizer_run["uri"])
+    run = client.get_run(tiny_tokenizer_run["run_id"])
+    metrics = set(run.data.metrics)
+    for prefix in ("val", "test", "test_heldout"):
+        expected = {
+            "mel_distance",
+            "pesq",
+            "stoi",
+            "si_sdr",
+            "dnsmos",
+            "speaker_sim",
+            "speaker_sim_rvq1",
+            "bitrate",
+        }
+        assert {f"{prefix}/{name}" for name in expected} <= metrics
+        assert {f"{prefix}/codebook/level{i}/perplexity" for i in range(1, 5)} <= metrics
+    assert run.data.metrics["val/bitrate"] == pytest.approx(50 * 4 * math.log2(64))
+    assert 1 <= run.data.metrics["val/codebook/level1/perplexity"] <= 64
+    assert {"train/generator", "train/distillation", "train/discriminator"} <= metrics
+    assert run.data.tags["voxlab.component"] == "tokenizer"
+    step_dirs = client.list_artifacts(run.info.run_id, "audio")
+    names = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run.info.run_id, step_dirs[-1].path)}
+    assert any(n.endswith("_rvq1.wav") for n in names) and "vc_content0_voice1.wav" in names
+    assert any(n.endswith("_original.wav") for n in names) and any(n.endswith("_full.wav") for n in names)
+    figure_dirs = client.list_artifacts(run.info.run_id, "figures")
+    assert figure_dirs and client.list_artifacts(run.info.run_id, figure_dirs[-1].path)
