@@ -26,7 +26,7 @@ from torchmetrics.audio import (
 
 from lit_modules.artifacts import log_audio, log_figure
 from research.metrics import DNSMOS, CodebookUsage, SpeakerSimilarity
-from research.tokenizer.codec import CodecOutput, SpeechTokenizerCodec, detach_weight_norm_
+from research.tokenizer.codec import CodecOutput, SpeechTokenizerCodec, detach_weight_norm_, swap_first_level
 from research.tokenizer.discriminators import CodecDiscriminator
 from research.tokenizer.distillation import DISTILLATION_LOSSES, align_to_frames
 from research.tokenizer.losses import (
@@ -89,7 +89,11 @@ class SpeechTokenizerModule(L.LightningModule):
         if self.weights["distillation"] > 0 and teacher is None:
             raise ValueError("a distillation weight > 0 needs a teacher (or set loss_weights.distillation=0)")
         projection = codec.semantic_projection
-        if teacher is not None and isinstance(projection, nn.Linear) and projection.out_features != teacher.dim:
+        if (
+            teacher is not None
+            and isinstance(projection, nn.Linear)
+            and projection.out_features != teacher.dim
+        ):
             raise ValueError(
                 f"the codec projects RVQ-1 to {projection.out_features} dims but the teacher's features have "
                 f"{teacher.dim}: set model.codec.semantic_dim={teacher.dim}"
@@ -324,9 +328,3 @@ class SpeechTokenizerModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizers
         return optimizers, [self.scheduler_factory(optimizer) for optimizer in optimizers]
-
-
-def swap_first_level(content: torch.Tensor, voice: torch.Tensor) -> torch.Tensor:
-    """Codes with RVQ-1 from `content` and RVQ-2..n from `voice` ((n_q, B, T) each, cut to the shorter)."""
-    frames = min(content.shape[-1], voice.shape[-1])
-    return torch.cat([content[:1, ..., :frames], voice[1:, ..., :frames]])

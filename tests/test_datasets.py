@@ -114,3 +114,44 @@ def test_datamodule_views_and_errors(mixed_manifest):
     batches = list(dm.train_dataloader())
     assert sum(b["n_skipped"] for b in batches) == 4
     assert sum(b["audio"].shape[0] for b in batches) == 3
+
+
+def test_frame_aligned_arrays_are_cropped_with_the_audio(tmp_path):
+    """A 100 Hz array whose row i holds i must start at the crop's start time and cover the crop."""
+    sf.write(tmp_path / "a.wav", sine(3.0, 16000), 16000)
+    np.save(tmp_path / "a.npy", np.repeat(np.arange(300, dtype=np.float32)[:, None], 2, axis=1))
+    rows = [
+        {
+            "id": "a",
+            "audio_filepath": "a.wav",
+            "duration": 3.0,
+            "sample_rate": 16000,
+            "feats": "a.npy",
+            "feats_rate": 100,
+        }
+    ]
+    (tmp_path / "m.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    dataset = ManifestAudioDataset(
+        read_manifest(tmp_path / "m.jsonl"), sample_rate=16000, crop_seconds=0.5, array_fields=("feats",)
+    )
+    for epoch in range(3):
+        dataset.set_epoch(epoch)
+        start = dataset.crop_start(48000, 0)
+        item = dataset[0]
+        assert item["feats"].shape == (50, 2)
+        assert item["feats"][0, 0] == round(start / 16000 * 100)
+        assert torch.allclose(
+            item["audio"], torch.from_numpy(sine(3.0, 16000))[None, start : start + 8000], atol=1e-4
+        )
+    batch = collate_audio([dataset[0], None])
+    assert batch["feats"].shape == (1, 50, 2) and batch["feats_lens"].tolist() == [50]
+
+
+def test_missing_array_is_bad_input(tmp_path):
+    sf.write(tmp_path / "a.wav", sine(1.0, 16000), 16000)
+    row = {"id": "a", "audio_filepath": "a.wav", "duration": 1.0, "sample_rate": 16000, "feats": "gone.npy"}
+    (tmp_path / "m.jsonl").write_text(json.dumps(row) + "\n")
+    manifest = read_manifest(tmp_path / "m.jsonl")
+    assert ManifestAudioDataset(manifest, sample_rate=16000, array_fields=("feats",))[0] is None
+    with pytest.raises(BadAudioError, match="gone.npy"):
+        ManifestAudioDataset(manifest, sample_rate=16000, array_fields=("feats",), strict=True)[0]

@@ -116,7 +116,9 @@ def test_misconfigured_distillation_is_refused():
     with pytest.raises(ValueError, match="needs a teacher"):
         tiny_module(teacher=None)
     with pytest.raises(ValueError, match="semantic_dim=16"):
-        tiny_module(codec=SpeechTokenizerCodec(n_filters=4, dimension=32, codebook_sizes=(32,), semantic_dim=8))
+        tiny_module(
+            codec=SpeechTokenizerCodec(n_filters=4, dimension=32, codebook_sizes=(32,), semantic_dim=8)
+        )
     assert tiny_module(teacher=None, loss_weights={"distillation": 0.0}).teacher is None
 
 

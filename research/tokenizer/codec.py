@@ -140,3 +140,19 @@ class SpeechTokenizerCodec(nn.Module):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (n, B, frames) -> audio (B, 1, frames * hop), from the first n levels."""
         return self.decoder(self.quantizer.decode(codes).to(next(self.decoder.parameters()).dtype))
+
+    @torch.no_grad()
+    def resynthesize(self, audio: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
+        """Audio (B, 1, T) through the first n_q levels (all by default), same length out."""
+        return self.decode(self.encode(audio, n_q))[..., : audio.shape[-1]]
+
+    @torch.no_grad()
+    def convert_voice(self, content: torch.Tensor, voice: torch.Tensor) -> torch.Tensor:
+        """RVQ-1 (content) of `content` with RVQ-2..n (timbre, detail) of `voice`; (1, 1, T) each."""
+        return self.decode(swap_first_level(self.encode(content), self.encode(voice)))
+
+
+def swap_first_level(content: torch.Tensor, voice: torch.Tensor) -> torch.Tensor:
+    """Codes with RVQ-1 from `content` and RVQ-2..n from `voice` ((n_q, B, T) each, cut to the shorter)."""
+    frames = min(content.shape[-1], voice.shape[-1])
+    return torch.cat([content[:1, ..., :frames], voice[1:, ..., :frames]])
