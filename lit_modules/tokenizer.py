@@ -209,14 +209,10 @@ class SpeechTokenizerModule(L.LightningModule):
             }
         )
 
-    def mel_distance(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """L1 between log-mels at the largest scale (n_fft 1024): the usual codec 'mel distance'."""
-        return F.l1_loss(self.mel_loss.log_mel(0, fake), self.mel_loss.log_mel(0, real))
-
     def update_quality(
         self, metrics: nn.ModuleDict, real: torch.Tensor, full: torch.Tensor, rvq1: torch.Tensor
     ):
-        metrics["mel_distance"].update(self.mel_distance(full, real))
+        metrics["mel_distance"].update(self.mel_loss.distance(full, real))
         metrics["si_sdr"].update(full.float(), real.float())
         metrics["stoi"].update(full.float(), real.float())
         try:

@@ -39,6 +39,10 @@ class MultiScaleMelLoss(nn.Module):
     def log_mel(self, scale: int, audio: torch.Tensor) -> torch.Tensor:
         return self.mels[scale](audio.float()).clamp_min(1e-5).log()
 
+    def distance(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Unweighted L1 between log-mels at the largest scale: the usual codec 'mel distance' metric."""
+        return F.l1_loss(self.log_mel(0, reconstruction), self.log_mel(0, target))
+
     def forward(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         total = reconstruction.new_zeros(())
         for scale, weight in enumerate(self.weights):
