@@ -99,6 +99,26 @@ def run_python_module(module: str, args: list[str], env: dict | None = None, tim
     return result
 
 
+def execute_notebook(name: str) -> tuple[str, int]:
+    """Check notebooks/<name>.ipynb is in sync with its py:percent pair, execute it from the repository root
+    (the environment is the caller's) and return (all text outputs, number of images)."""
+    import jupytext
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+    source = jupytext.read(REPO / "notebooks" / f"{name}.py")
+    code = lambda nb: [c.source for c in nb.cells if c.cell_type == "code"]  # noqa: E731
+    assert code(notebook) == code(source), f"{name}.ipynb is stale: run `jupytext --sync notebooks/*.py`"
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+    ).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    images = sum("image/png" in o.get("data", {}) for o in outputs)
+    return text, images
+
+
 def sine(seconds: float, sample_rate: int, freq: float = 440.0, channels: int = 1) -> np.ndarray:
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     wave = 0.5 * np.sin(2 * np.pi * freq * t).astype(np.float32)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_python_module, tiny_overrides
+from tests.conftest import execute_notebook, run_python_module, tiny_overrides
 
 
 def finished_runs(uri: str, experiment: str = "asr_ctc_digits"):
@@ -63,35 +63,8 @@ def test_ddp_sim_trains_with_two_processes_and_logs_one_run(tiny_data_dir, tmp_p
 
 @pytest.mark.slow
 def test_compare_runs_notebook_executes_on_the_sweep(sweep_store, monkeypatch):
-    import jupytext
-    import nbformat
-    from nbclient import NotebookClient
-
-    from tests.conftest import REPO
-
-    paired = REPO / "notebooks" / "compare_runs.ipynb"
-    notebook = nbformat.read(paired, as_version=4)
-    source = jupytext.read(REPO / "notebooks" / "compare_runs.py")
-    code = lambda nb: [c.source for c in nb.cells if c.cell_type == "code"]  # noqa: E731
-    assert code(notebook) == code(source), "compare_runs.ipynb is stale: run `jupytext --sync notebooks/*.py`"
-
     monkeypatch.setenv("MLFLOW_TRACKING_URI", sweep_store)
-    NotebookClient(
-        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
-    ).execute()
-    outputs = "".join(
-        out.get("text", "") + str(out.get("data", {}).get("text/plain", ""))
-        for cell in notebook.cells
-        if cell.cell_type == "code"
-        for out in cell.outputs
-    )
+    outputs, images = execute_notebook("compare_runs")
     assert "best run" in outputs and "val/wer" in outputs
     assert "1 audio clips, 1 figures" in outputs  # one validation (step 3) logged one clip and one figure
-    images = [
-        o
-        for c in notebook.cells
-        if c.cell_type == "code"
-        for o in c.outputs
-        if "image/png" in o.get("data", {})
-    ]
-    assert len(images) >= 2  # the metric-vs-parameter plot and the best run's figure
+    assert images >= 2  # the metric-vs-parameter plot and the best run's figure

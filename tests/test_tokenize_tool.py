@@ -14,7 +14,7 @@ from datamodules.audio_datamodule import AudioDataModule
 from datamodules.manifest import read_manifest
 from experiments import teacher_features, tokenize
 from research.audio import load_audio
-from tests.conftest import run_python_module
+from tests.conftest import execute_notebook, run_python_module
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +153,15 @@ def test_teacher_features_round_trip_through_the_datamodule(
     datamodule.setup("validate")
     batch = next(iter(datamodule.val_dataloader()))
     assert batch["teacher_features"].shape[1:] == (10, 32)  # 0.4 s at 25 Hz, d_model 32
+
+
+def test_explore_tokens_notebook_executes_on_the_tiny_tokenizer(tiny_tokenizer_run, monkeypatch):
+    monkeypatch.setenv("VOXLAB_TOKENIZER_CKPT", str(tiny_tokenizer_run["ckpt"]))
+    monkeypatch.setenv(
+        "VOXLAB_DIGITS_MANIFEST", str(tiny_tokenizer_run["data_dir"] / "connected_digits" / "test.jsonl")
+    )
+    outputs, images = execute_notebook("explore_tokens")
+    assert "4 levels [64, 64, 64, 64] at 50 Hz = 1200 bit/s" in outputs
+    assert "level1/perplexity" in outputs and "most frequent RVQ-1 codes" in outputs
+    assert images >= 3  # code heatmap, codebook usage, RVQ-1 alignment
+    assert outputs.count("IPython.lib.display.Audio") >= 5  # original, k = 1, 2, 4 levels, voices, conversion
