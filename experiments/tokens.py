@@ -130,4 +130,3 @@ def segment_code_overlap(
         values, counts = torch.unique(span, return_counts=True)
         rows.append((word, values[counts.argsort(descending=True)][:5].tolist()))
     return rows
-
