@@ -16,6 +16,7 @@ from torch import nn
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from lit_modules.artifacts import log_audio, log_figure, log_text
+from lit_modules.evaluation import PerTestSetEvaluation
 from lit_modules.optim import warmup_cosine
 from research.asr.ctc import ConformerCTC
 from research.text import ctc_greedy_decode
@@ -23,7 +24,7 @@ from research.text import ctc_greedy_decode
 matplotlib.use("Agg")
 
 
-class CTCASRModule(L.LightningModule):
+class CTCASRModule(PerTestSetEvaluation, L.LightningModule):
     def __init__(
         self,
         *,
@@ -91,19 +92,6 @@ class CTCASRModule(L.LightningModule):
         if self.first_val_batch is not None and not self.trainer.sanity_checking:
             self.log_examples(**self.first_val_batch)
         self.first_val_batch = None
-
-    def on_test_start(self) -> None:
-        names = getattr(self.trainer.datamodule, "test_set_names", None) or ["test"]
-        self.test_metrics = nn.ModuleList(self.make_metrics() for _ in names).to(self.device)
-
-    def test_prefix(self, dataloader_idx: int) -> str:
-        names = getattr(self.trainer.datamodule, "test_set_names", None) or ["test"]
-        return "test" if dataloader_idx == 0 else f"test_{names[dataloader_idx]}"
-
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if batch["audio"].shape[0] == 0:
-            return
-        self.evaluate(batch, self.test_metrics[dataloader_idx], self.test_prefix(dataloader_idx))
 
     # --- artifacts --------------------------------------------------------------------------------------------
     def log_examples(self, batch: dict, log_probs: torch.Tensor, lens: torch.Tensor, hyps: list[str]) -> None:

@@ -19,13 +19,13 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.audio import (
-    PerceptualEvaluationSpeechQuality,
     ScaleInvariantSignalDistortionRatio,
     ShortTimeObjectiveIntelligibility,
 )
 
 from lit_modules.artifacts import log_audio, log_figure
-from research.metrics import DNSMOS, CodebookUsage, SpeakerSimilarity
+from lit_modules.evaluation import PerTestSetEvaluation
+from research.metrics import DNSMOS, CodebookUsage, SpeakerSimilarity, pesq_score
 from research.tokenizer.codec import CodecOutput, SpeechTokenizerCodec, detach_weight_norm_, swap_first_level
 from research.tokenizer.discriminators import CodecDiscriminator
 from research.tokenizer.distillation import DISTILLATION_LOSSES, align_to_frames
@@ -49,7 +49,7 @@ DEFAULT_WEIGHTS = {
 }
 
 
-class SpeechTokenizerModule(L.LightningModule):
+class SpeechTokenizerModule(PerTestSetEvaluation, L.LightningModule):
     def __init__(
         self,
         *,
@@ -200,7 +200,7 @@ class SpeechTokenizerModule(L.LightningModule):
             {
                 "mel_distance": MeanMetric(),
                 "si_sdr": ScaleInvariantSignalDistortionRatio(),
-                "pesq": PerceptualEvaluationSpeechQuality(rate, "wb" if rate == 16000 else "nb"),
+                "pesq": MeanMetric(),
                 "stoi": ShortTimeObjectiveIntelligibility(rate),
                 "dnsmos": DNSMOS(rate),
                 "speaker_sim": SpeakerSimilarity(rate),
@@ -215,10 +215,9 @@ class SpeechTokenizerModule(L.LightningModule):
         metrics["mel_distance"].update(self.mel_loss.distance(full, real))
         metrics["si_sdr"].update(full.float(), real.float())
         metrics["stoi"].update(full.float(), real.float())
-        try:
-            metrics["pesq"].update(full.float(), real.float())
-        except Exception as error:  # PESQ refuses clips without detectable speech; skip those clips
-            self.print(f"PESQ skipped a clip: {error}")
+        pesq = pesq_score(full, real, self.codec.sample_rate)
+        if pesq is not None:
+            metrics["pesq"].update(pesq)
         metrics["dnsmos"].update(full)
         metrics["speaker_sim"].update(full, real)
         metrics["speaker_sim_rvq1"].update(rvq1, real)
@@ -271,18 +270,6 @@ class SpeechTokenizerModule(L.LightningModule):
         if self.examples is not None and not self.trainer.sanity_checking:
             self.log_examples(**self.examples)
         self.examples = None
-
-    def on_test_start(self) -> None:
-        names = getattr(self.trainer.datamodule, "test_set_names", None) or ["test"]
-        self.test_metrics = nn.ModuleList(self.make_metrics() for _ in names).to(self.device)
-
-    def test_prefix(self, dataloader_idx: int) -> str:
-        names = getattr(self.trainer.datamodule, "test_set_names", None) or ["test"]
-        return "test" if dataloader_idx == 0 else f"test_{names[dataloader_idx]}"
-
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if batch["audio"].shape[0] > 0:
-            self.evaluate(batch, self.test_metrics[dataloader_idx], self.test_prefix(dataloader_idx))
 
     def on_test_epoch_end(self) -> None:
         for index, metrics in enumerate(self.test_metrics):

@@ -21,6 +21,22 @@ def to_16k_numpy(wave: torch.Tensor, sample_rate: int) -> np.ndarray:
     return wave.clamp(-1, 1).numpy()
 
 
+def pesq_score(preds: torch.Tensor, target: torch.Tensor, sample_rate: int) -> float | None:
+    """PESQ of one clip (wide-band at 16 kHz, narrow-band at 8 kHz), or None when PESQ cannot score it: the pesq
+    package raises on clips shorter than 1/4 s or where it detects no speech."""
+    from pesq import PesqError
+    from torchmetrics.functional.audio import perceptual_evaluation_speech_quality
+
+    try:
+        return float(
+            perceptual_evaluation_speech_quality(
+                preds.float(), target.float(), sample_rate, "wb" if sample_rate == 16000 else "nb"
+            )
+        )
+    except PesqError:
+        return None
+
+
 @functools.cache
 def speaker_encoder():
     from resemblyzer import VoiceEncoder

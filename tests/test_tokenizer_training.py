@@ -17,6 +17,7 @@ from research.encoder import ConformerEncoder
 from research.tokenizer.codec import SpeechTokenizerCodec
 from research.tokenizer.discriminators import CodecDiscriminator
 from research.tokenizer.teachers import EncoderTeacher
+from tests.conftest import run_python_module, tiny_tokenizer_overrides
 
 
 class SameBatch(Dataset):
@@ -149,3 +150,25 @@ def test_tiny_run_logs_quality_codebook_and_audio(tiny_tokenizer_run):
     assert any(n.endswith("_original.wav") for n in names) and any(n.endswith("_full.wav") for n in names)
     figure_dirs = client.list_artifacts(run.info.run_id, "figures")
     assert figure_dirs and client.list_artifacts(run.info.run_id, figure_dirs[-1].path)
+
+
+def test_ddp_sim_trains_the_gan_with_two_processes(
+    tiny_data_dir, tiny_ctc_checkpoint, tmp_path, mlflow_store
+):
+    """Spawned workers receive the module pickled (weight-norm tensors) and two backward passes per step need
+    DDP's unused-parameter detection: both are handled by the module, whatever DDP preset is chosen."""
+    overrides = tiny_tokenizer_overrides(
+        tiny_data_dir,
+        tmp_path / "run",
+        tiny_ctc_checkpoint,
+        "trainer=ddp_sim",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=2",
+        "test=false",
+    )
+    result = run_python_module("experiments.train", overrides)
+    assert "Starting with 2 processes" in result.stdout + result.stderr
+    client = MlflowClient(mlflow_store)
+    (run,) = client.search_runs([client.get_experiment_by_name("tokenizer_cpu").experiment_id])
+    assert {"train/generator", "train/discriminator", "val/mel_distance"} <= set(run.data.metrics)
+    assert run.data.params["trainer/devices"] == "2"

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
-from torchmetrics.functional.audio import perceptual_evaluation_speech_quality
 from tqdm import tqdm
 
 from datamodules.manifest import read_manifest
@@ -31,7 +30,7 @@ from experiments.tokenize import load_codec
 from experiments.tracking import ROOT
 from experiments.train import train
 from research.audio import load_audio
-from research.metrics import SpeakerSimilarity
+from research.metrics import SpeakerSimilarity, pesq_score
 from research.probes import bag_of_codes, linear_probe_accuracy
 from research.tokenizer.losses import MultiScaleMelLoss
 
@@ -75,9 +74,9 @@ def reconstruction_and_speaker(codec, manifest_path, limit: int) -> dict[str, fl
         wave = load_audio(manifest.audio_path(index), sample_rate=codec.sample_rate)[None]
         full, rvq1 = codec.resynthesize(wave), codec.resynthesize(wave, 1)
         mel_distances.append(float(mel.distance(full, wave)))
-        pesqs.append(
-            float(perceptual_evaluation_speech_quality(full[0, 0], wave[0, 0], codec.sample_rate, "wb"))
-        )
+        pesq = pesq_score(full[0, 0], wave[0, 0], codec.sample_rate)
+        if pesq is not None:  # PESQ finds no speech in a few short clips
+            pesqs.append(pesq)
         speaker_full.update(full, wave)
         speaker_rvq1.update(rvq1, wave)
     return {
@@ -133,9 +132,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--quality-clips", type=int, default=100, help="utterances per test set for PESQ etc."
     )
+    parser.add_argument(
+        "--out", help="output folder; arms whose checkpoint is already there are not retrained"
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both arms")
     args = parser.parse_args(argv)
-    out = ROOT / "runs" / "benchmarks" / time.strftime("tokenizer_distillation_%Y-%m-%d_%H-%M-%S")
+    out = (
+        Path(args.out)
+        if args.out
+        else ROOT / "runs" / "benchmarks" / time.strftime("tokenizer_distillation_%Y-%m-%d_%H-%M-%S")
+    )
     start = time.perf_counter()
     if args.hf_model:
         teacher = [

@@ -1,0 +1,22 @@
+"""Evaluation on every test set of the datamodule, shared by the LightningModules: one copy of the module's
+`make_metrics()` per test set, logged under `test/` (the first set) and `test_<name>/` (the others). The module
+provides `make_metrics()` and `evaluate(batch, metrics, prefix)`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class PerTestSetEvaluation:
+    def on_test_start(self) -> None:
+        self.test_metrics = nn.ModuleList(self.make_metrics() for _ in self.test_set_names()).to(self.device)
+
+    def test_set_names(self) -> list[str]:
+        return getattr(self.trainer.datamodule, "test_set_names", None) or ["test"]
+
+    def test_prefix(self, dataloader_idx: int) -> str:
+        return "test" if dataloader_idx == 0 else f"test_{self.test_set_names()[dataloader_idx]}"
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch["audio"].shape[0] > 0:  # not a batch of bad audio only
+            self.evaluate(batch, self.test_metrics[dataloader_idx], self.test_prefix(dataloader_idx))
