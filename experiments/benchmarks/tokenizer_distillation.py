@@ -169,13 +169,14 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = compose_train(
             [*common, *(teacher if arm == "distilled" else []), *extra, f"paths.output_dir={out / arm}"]
         )
+        ckpt = out / arm / "checkpoints" / "last.ckpt"
         arm_start = time.perf_counter()
-        train(cfg)
-        runs[arm] = {"train_s": round(time.perf_counter() - arm_start, 1)}
-        data_dir = Path(cfg.paths.data_dir)
-        results[arm] = evaluate_arm(
-            str(out / arm / "checkpoints" / "last.ckpt"), data_dir, args.quality_clips
-        )
+        if not ckpt.is_file():
+            train(cfg)
+            runs[arm] = {"train_s": round(time.perf_counter() - arm_start, 1)}
+        eval_start = time.perf_counter()
+        results[arm] = evaluate_arm(str(ckpt), Path(cfg.paths.data_dir), args.quality_clips)
+        runs.setdefault(arm, {})["eval_s"] = round(time.perf_counter() - eval_start, 1)
     table = print_table(results)
     wall = time.perf_counter() - start
     print(f"\nteacher: {' '.join(teacher)}; wall {wall / 60:.1f} min; {json.dumps(runs)}")
