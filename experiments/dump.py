@@ -112,7 +112,7 @@ def dump_per_utterance(
                 for index, array in zip(indices, compute(audio[:, None, :], lens), strict=True):
                     save_array(targets[index], array)
                 result.written += len(indices)
-            progress.update(len(indices) + len(pending[start : start + batch_size]) - len(indices))
+            progress.update(len(pending[start : start + batch_size]))
     if result.manifest is not None:
         rows = []
         for index, row in enumerate(manifest.rows):

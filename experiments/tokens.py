@@ -4,8 +4,6 @@ resynthesize from the first k levels or across speakers."""
 
 from __future__ import annotations
 
-import math
-
 import mlflow
 import numpy as np
 import torch
@@ -14,6 +12,7 @@ from datamodules.manifest import read_manifest
 from experiments.tracking import TAG_PREFIX, tracking_uri
 from research.audio import load_audio
 from research.metrics import CodebookUsage
+from research.probes import segment_frames
 from research.tokenizer.codec import SpeechTokenizerCodec
 
 
@@ -126,7 +125,7 @@ def segment_code_overlap(
     """The most frequent RVQ-1 codes of each word segment (a text view of the alignment)."""
     rows = []
     for start, end, word in segments:
-        span = codes[0, math.floor(start * frame_rate) : math.ceil(end * frame_rate)]
+        span = codes[0, segment_frames(start, end, frame_rate)]
         values, counts = torch.unique(span, return_counts=True)
         rows.append((word, values[counts.argsort(descending=True)][:5].tolist()))
     return rows

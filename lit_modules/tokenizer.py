@@ -226,7 +226,7 @@ class SpeechTokenizerModule(PerTestSetEvaluation, L.LightningModule):
         audio, lens = batch["audio"], batch["audio_lens"]
         output = self.codec(audio)
         rvq1 = self.codec.decode(output.codes[:1])[..., : audio.shape[-1]]
-        frames = torch.div(lens + self.codec.hop_length - 1, self.codec.hop_length, rounding_mode="floor")
+        frames = self.codec.frames(lens)
         valid = torch.arange(output.codes.shape[-1], device=lens.device)[None, :] < frames[:, None]
         metrics["codebook"].update(output.codes, valid)
         losses = self.generator_losses(batch, output)

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+
+def segment_frames(start: float, end: float, frame_rate: float) -> slice:
+    """Frames that overlap a time segment [start, end) in seconds."""
+    return slice(math.floor(start * frame_rate), math.ceil(end * frame_rate))
 
 
 def bag_of_codes(codes: torch.Tensor, size: int) -> torch.Tensor:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from experiments.tracking import ROOT
 from experiments.train import train
 from research.audio import load_audio
 from research.metrics import SpeakerSimilarity, pesq_score
-from research.probes import bag_of_codes, linear_probe_accuracy
+from research.probes import bag_of_codes, linear_probe_accuracy, segment_frames
 from research.tokenizer.losses import MultiScaleMelLoss
 
 ARMS = {"distilled": [], "undistilled": ["model/teacher=none"]}
@@ -59,8 +58,7 @@ def segment_tokens(codec, manifest_path, limit: int | None = None):
         wave = load_audio(manifest.audio_path(index), sample_rate=codec.sample_rate)
         rvq1 = codec.encode(wave[None], 1)[0, 0]
         for start, end, word in manifest.rows[index]["segments"]:
-            first, last = math.floor(start * codec.frame_rate), math.ceil(end * codec.frame_rate)
-            features.append(bag_of_codes(rvq1[first:last], size))
+            features.append(bag_of_codes(rvq1[segment_frames(start, end, codec.frame_rate)], size))
             labels.append(DIGIT_WORDS.index(word))
     return torch.stack(features), torch.tensor(labels)
 

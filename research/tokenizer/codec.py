@@ -111,7 +111,7 @@ class SpeechTokenizerCodec(nn.Module):
         """Bits per second with all levels: frame rate x sum of log2(codebook size) over levels."""
         return self.frame_rate * float(sum(np.log2(size) for size in self.quantizer.codebook_sizes))
 
-    def frames(self, samples: int) -> int:
+    def frames(self, samples: int | torch.Tensor) -> int | torch.Tensor:
         return -(-samples // self.hop_length)
 
     def _pad(self, audio: torch.Tensor) -> torch.Tensor:
@@ -139,7 +139,7 @@ class SpeechTokenizerCodec(nn.Module):
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (n, B, frames) -> audio (B, 1, frames * hop), from the first n levels."""
-        return self.decoder(self.quantizer.decode(codes).to(next(self.decoder.parameters()).dtype))
+        return self.decoder(self.quantizer.decode(codes))
 
     @torch.no_grad()
     def resynthesize(self, audio: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
