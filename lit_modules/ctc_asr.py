@@ -17,7 +17,7 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from lit_modules.artifacts import log_audio, log_figure, log_text
 from lit_modules.evaluation import PerTestSetEvaluation
-from lit_modules.optim import warmup_cosine
+from lit_modules.optim import optimizers_with_schedule
 from research.asr.ctc import ConformerCTC
 from research.text import ctc_greedy_decode
 
@@ -127,13 +127,4 @@ class CTCASRModule(PerTestSetEvaluation, L.LightningModule):
         optimizer = self.optimizer_factory(other_params)
         base_lr = optimizer.param_groups[0]["lr"]
         optimizer.add_param_group({"params": encoder_params, "lr": base_lr * self.hparams.encoder_lr_scale})
-        if not self.scheduler:
-            return {"optimizer": optimizer}
-        total = self.scheduler.get("total_steps") or self.trainer.estimated_stepping_batches
-        schedule = warmup_cosine(
-            optimizer,
-            warmup_steps=self.scheduler.get("warmup_steps", 0),
-            total_steps=int(total),
-            min_ratio=self.scheduler.get("min_ratio", 0.05),
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return optimizers_with_schedule(optimizer, self.scheduler, self.trainer.estimated_stepping_batches)

@@ -20,3 +20,17 @@ def warmup_cosine(
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
+
+
+def optimizers_with_schedule(optimizer: torch.optim.Optimizer, scheduler: dict, estimated_steps: int) -> dict:
+    """Lightning's configure_optimizers answer for `scheduler` = {warmup_steps, min_ratio, total_steps (optional,
+    else the trainer's estimate)}; no scheduler when it is empty."""
+    if not scheduler:
+        return {"optimizer": optimizer}
+    schedule = warmup_cosine(
+        optimizer,
+        warmup_steps=scheduler.get("warmup_steps", 0),
+        total_steps=int(scheduler.get("total_steps") or estimated_steps),
+        min_ratio=scheduler.get("min_ratio", 0.05),
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -87,7 +87,13 @@ class ConformerEncoder(nn.Module):
         self, audio: torch.Tensor, audio_lens: torch.Tensor, *, output_layers: bool = False
     ) -> EncoderOutput:
         feats, lens = self.features(audio, audio_lens)
-        x, lens = self.subsampling(self.spec_augment(feats), lens)
+        return self.encode_features(self.spec_augment(feats), lens, output_layers=output_layers)
+
+    def encode_features(
+        self, feats: torch.Tensor, lens: torch.Tensor, *, output_layers: bool = False
+    ) -> EncoderOutput:
+        """Log-mel (B, frames, n_mels) at 10 ms -> encoder output at 40 ms (LUISE masks the features first)."""
+        x, lens = self.subsampling(feats, lens)
         x = rearrange(self.input_dropout(x), "b t d -> t b d")
         padding = ~lengths_to_mask(lens, x.shape[0])
         layers = [x] if output_layers else None

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_module
+from torch.utils.data import DataLoader, Dataset
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("VOXLAB_MIRROR", REPO.parent / "shared" / "data"))
@@ -117,6 +120,59 @@ def execute_notebook(name: str) -> tuple[str, int]:
     text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     images = sum("image/png" in o.get("data", {}) for o in outputs)
     return text, images
+
+
+class SameBatch(Dataset):
+    def __init__(self, batch: dict, length: int):
+        self.batch, self.length = batch, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        return self.batch
+
+
+class History(L.Callback):
+    """Values of the named logged metrics after every training batch."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = names
+        self.values: dict[str, list[float]] = {}
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        for name in self.names:
+            if name in trainer.callback_metrics:
+                self.values.setdefault(name, []).append(float(trainer.callback_metrics[name]))
+
+
+def fit_on_batch(module, batch: dict, max_steps: int, names: tuple[str, ...], **trainer_args) -> History:
+    """Train `module` on one batch repeated, recording the named metrics."""
+    history = History(names)
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[history],
+        **trainer_args,
+    )
+    trainer.fit(module, DataLoader(SameBatch(batch, 1000), batch_size=None))
+    return history
+
+
+@pytest.fixture(scope="module")
+def speech_batch(mirror) -> dict:
+    """Four real FSDD digits (two speakers) at 16 kHz, 0.6 s each."""
+    from research.audio import load_audio
+
+    names = ["0_george_5", "3_george_7", "5_jackson_5", "8_jackson_9"]
+    waves = [load_audio(mirror / "fsdd" / "recordings" / f"{n}.wav", sample_rate=16000) for n in names]
+    audio = torch.zeros(len(waves), 1, 9600)
+    for row, wave in enumerate(waves):
+        audio[row, :, : min(9600, wave.shape[1])] = wave[:, :9600]
+    return {"audio": audio, "audio_lens": torch.full((4,), 9600), "id": names}
 
 
 def sine(seconds: float, sample_rate: int, freq: float = 440.0, channels: int = 1) -> np.ndarray:

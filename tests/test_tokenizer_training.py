@@ -5,51 +5,16 @@ from __future__ import annotations
 import math
 from functools import partial
 
-import lightning as L
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from torch.utils.data import DataLoader, Dataset
 
 from lit_modules.tokenizer import SpeechTokenizerModule
-from research.audio import load_audio
 from research.encoder import ConformerEncoder
 from research.tokenizer.codec import SpeechTokenizerCodec
 from research.tokenizer.discriminators import CodecDiscriminator
 from research.tokenizer.teachers import EncoderTeacher
-from tests.conftest import run_python_module, tiny_tokenizer_overrides
-
-
-class SameBatch(Dataset):
-    def __init__(self, batch: dict, length: int):
-        self.batch, self.length = batch, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> dict:
-        return self.batch
-
-
-class History(L.Callback):
-    def __init__(self):
-        self.values: dict[str, list[float]] = {}
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        for name in ("train/mel", "train/distillation", "train/discriminator"):
-            if name in trainer.callback_metrics:
-                self.values.setdefault(name, []).append(float(trainer.callback_metrics[name]))
-
-
-@pytest.fixture(scope="module")
-def speech_batch(mirror) -> dict:
-    """Four real FSDD digits (two speakers) at 16 kHz, 0.6 s each."""
-    names = ["0_george_5", "3_george_7", "5_jackson_5", "8_jackson_9"]
-    waves = [load_audio(mirror / "fsdd" / "recordings" / f"{n}.wav", sample_rate=16000) for n in names]
-    audio = torch.zeros(len(waves), 1, 9600)
-    for row, wave in enumerate(waves):
-        audio[row, :, : min(9600, wave.shape[1])] = wave[:, :9600]
-    return {"audio": audio, "audio_lens": torch.full((4,), 9600), "id": names}
+from tests.conftest import History, fit_on_batch, run_python_module, tiny_tokenizer_overrides
 
 
 def tiny_module(**overrides) -> SpeechTokenizerModule:
@@ -74,18 +39,9 @@ def tiny_module(**overrides) -> SpeechTokenizerModule:
 
 
 def fit(module, batch, max_steps: int, **trainer_args) -> History:
-    history = History()
-    trainer = L.Trainer(
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[history],
-        **trainer_args,
+    return fit_on_batch(
+        module, batch, max_steps, ("train/mel", "train/distillation", "train/discriminator"), **trainer_args
     )
-    trainer.fit(module, DataLoader(SameBatch(batch, 1000), batch_size=None))
-    return history
 
 
 def test_generator_losses_fall(speech_batch):

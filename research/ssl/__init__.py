@@ -1,0 +1,1 @@
+"""LUISE (Seed-ASR) / BEST-RQ self-supervised pretraining: masking, targets, masked-prediction loss, probes."""

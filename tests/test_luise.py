@@ -1,0 +1,157 @@
+"""LUISE pretraining: masking, random-projection labels, the masked-prediction loss and the LightningModule."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lit_modules.luise import LUISEModule
+from research.encoder import ConformerEncoder
+from research.ssl.masking import MaskedFeatures, frames_fully_masked, span_mask
+from research.ssl.targets import (
+    RandomProjectionQuantizer,
+    label_perplexity,
+    masked_prediction_loss,
+    stack_frames,
+)
+from tests.conftest import fit_on_batch
+
+
+def tiny_encoder() -> ConformerEncoder:
+    return ConformerEncoder(
+        d_model=32, num_layers=2, num_heads=2, ffn_dim=64, kernel_size=7, dropout=0.0, subsampling_channels=8
+    )
+
+
+def test_masked_fraction_matches_its_expectation_and_spares_padding():
+    lens = torch.tensor([4000] * 31 + [1000])
+    mask = span_mask(lens, 4000, start_prob=0.01, span=40, generator=torch.Generator().manual_seed(0))
+    expected = 1 - (1 - 0.01) ** 40  # 0.331
+    assert abs(float(mask[:31].float().mean()) - expected) < 0.02
+    assert not mask[31, 1000:].any()
+    # spans are contiguous runs of at least `span` frames (unless cut by the end)
+    runs = torch.diff(
+        mask[0].int(), prepend=torch.zeros(1, dtype=torch.int), append=torch.zeros(1, dtype=torch.int)
+    )
+    starts, ends = (runs == 1).nonzero().flatten(), (runs == -1).nonzero().flatten()
+    assert ((ends - starts)[:-1] >= 40).all()
+
+
+def test_span_masks_repeat_under_a_seed():
+    lens = torch.tensor([300, 200])
+    draw = lambda seed: span_mask(
+        lens, 300, start_prob=0.05, span=4, generator=torch.Generator().manual_seed(seed)
+    )  # noqa: E731
+    assert torch.equal(draw(1), draw(1)) and not torch.equal(draw(1), draw(2))
+
+
+def test_target_frames_are_masked_only_when_all_inputs_are():
+    mask = torch.tensor([[1, 1, 1, 1, 0, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert frames_fully_masked(mask, 4, 3).tolist() == [
+        [True, False, False]
+    ]  # last frame padded with visible
+
+
+@pytest.mark.parametrize("fill", ["noise", "learned"])
+def test_masked_frames_are_replaced_and_others_kept(fill):
+    feats = torch.randn(2, 10, 80)
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    mask[0, 3:6] = True
+    out = MaskedFeatures(80, fill=fill)(feats, mask)
+    assert torch.equal(out[~mask], feats[~mask])
+    assert not torch.allclose(out[mask], feats[mask])
+
+
+def test_random_projection_labels_by_hand_and_reproducible():
+    quantizer = RandomProjectionQuantizer(
+        input_dim=12, codebook_dim=4, codebook_size=32, num_codebooks=2, seed=7
+    )
+    x = torch.randn(2, 5, 12)
+    labels = quantizer(x)
+    assert labels.shape == (2, 5, 2)
+    for c in range(2):
+        projected = F.normalize(x @ quantizer.projection[c], dim=-1)
+        distances = torch.cdist(projected.reshape(-1, 4), quantizer.codebooks[c])
+        assert torch.equal(labels[..., c].flatten(), distances.argmin(-1))
+    assert torch.allclose(quantizer.codebooks.norm(dim=-1), torch.ones(2, 32))
+    same = RandomProjectionQuantizer(input_dim=12, codebook_dim=4, codebook_size=32, num_codebooks=2, seed=7)
+    other = RandomProjectionQuantizer(input_dim=12, codebook_dim=4, codebook_size=32, num_codebooks=2, seed=8)
+    assert torch.equal(same(x), labels) and not torch.equal(other(x), labels)
+
+
+def test_stacked_frames_match_the_encoder_frame_count():
+    encoder = tiny_encoder().eval()
+    for samples in (16000, 16160, 15999, 8321):
+        feats, lens = encoder.features(torch.randn(1, 1, samples) * 0.1, torch.tensor([samples]))
+        out = encoder.encode_features(feats, lens)
+        assert stack_frames(feats, 4).shape[1] == out.hidden.shape[1] == int(out.lens)
+
+
+def test_loss_ignores_unmasked_and_padded_frames():
+    logits = torch.randn(2, 6, 1, 10, requires_grad=True)
+    labels = torch.randint(0, 10, (2, 6, 1))
+    selected = torch.zeros(2, 6, dtype=torch.bool)
+    selected[0, 1:3] = True
+    selected[1, 4] = True
+    loss, accuracy = masked_prediction_loss(logits, labels, selected)
+    by_hand = F.cross_entropy(logits[selected][:, 0], labels[selected][:, 0])
+    assert torch.allclose(loss, by_hand)
+    loss.backward()
+    assert (logits.grad[~selected] == 0).all() and (logits.grad[selected] != 0).any()
+    changed = logits.detach().clone()
+    changed[~selected] += 100.0
+    assert torch.allclose(masked_prediction_loss(changed, labels, selected)[0], loss)
+
+
+def test_label_perplexity_counts_used_labels():
+    assert torch.isclose(label_perplexity(torch.tensor([0, 1, 2, 3]), 8), torch.tensor(4.0))
+    assert torch.isclose(label_perplexity(torch.tensor([5, 5, 5]), 8), torch.tensor(1.0))
+
+
+def luise_module(**overrides) -> LUISEModule:
+    torch.manual_seed(0)
+    arguments = {
+        "encoder": tiny_encoder(),
+        "quantizer": RandomProjectionQuantizer(input_dim=320, codebook_size=64, seed=0),
+        "optimizer": partial(torch.optim.AdamW, lr=3e-3),
+        "mask_start_prob": 0.05,
+        "mask_span": 10,
+        **overrides,
+    }
+    return LUISEModule(**arguments)
+
+
+def test_pretraining_loss_falls_and_accuracy_rises(speech_batch):
+    history = fit_on_batch(
+        luise_module(), speech_batch, 40, ("train/loss", "train/accuracy", "train/masked_fraction")
+    )
+    loss, accuracy = history.values["train/loss"], history.values["train/accuracy"]
+    assert sum(loss[-5:]) / 5 < 0.7 * sum(loss[:5]) / 5
+    assert sum(accuracy[-5:]) > sum(accuracy[:5])
+    assert 0.1 < sum(history.values["train/masked_fraction"]) / 40 < 0.6
+
+
+def test_kmeans_label_targets_come_from_the_batch(speech_batch):
+    module = luise_module(quantizer=None, label_field="kmeans_labels", num_labels=5)
+    frames = 16  # fewer labels than encoder frames (61): the rest are not targets
+    batch = {
+        **speech_batch,
+        "kmeans_labels": torch.randint(0, 5, (4, frames)),
+        "kmeans_labels_lens": torch.full((4,), frames),
+    }
+    values = module.masked_step(batch, torch.Generator().manual_seed(0))
+    assert values["loss"] > 0 and values["label_perplexity"] <= 5
+    with pytest.raises(KeyError, match="array_fields"):
+        module.masked_step(speech_batch)
+
+
+def test_misconfigured_targets_are_refused():
+    with pytest.raises(ValueError, match="exactly one"):
+        luise_module(label_field="kmeans_labels", num_labels=5)
+    with pytest.raises(ValueError, match="num_labels"):
+        luise_module(quantizer=None, label_field="kmeans_labels")
+    with pytest.raises(ValueError, match="input_dim"):
+        luise_module(quantizer=RandomProjectionQuantizer(input_dim=80))
