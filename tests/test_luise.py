@@ -42,9 +42,10 @@ def test_masked_fraction_matches_its_expectation_and_spares_padding():
 
 def test_span_masks_repeat_under_a_seed():
     lens = torch.tensor([300, 200])
-    draw = lambda seed: span_mask(
-        lens, 300, start_prob=0.05, span=4, generator=torch.Generator().manual_seed(seed)
-    )  # noqa: E731
+
+    def draw(seed: int) -> torch.Tensor:
+        return span_mask(lens, 300, start_prob=0.05, span=4, generator=torch.Generator().manual_seed(seed))
+
     assert torch.equal(draw(1), draw(1)) and not torch.equal(draw(1), draw(2))
 
 
