@@ -44,3 +44,66 @@ def linear_probe_accuracy(
         optimizer.step()
     with torch.no_grad():
         return float(((test_x @ weight + bias).argmax(-1) == test_y).float().mean())
+
+
+def cluster_quality(clusters: torch.Tensor, references: torch.Tensor) -> dict[str, float]:
+    """HuBERT's label-quality scores over aligned frames (two int tensors of equal length): cluster purity (frames
+    right when each cluster is read as its most frequent reference label), reference purity (the converse) and
+    PNMI = I(reference; cluster) / H(reference), the share of the reference's uncertainty the clusters remove."""
+    clusters, references = clusters.flatten().long(), references.flatten().long()
+    joint = torch.zeros(int(references.max()) + 1, int(clusters.max()) + 1, dtype=torch.float64)
+    joint.index_put_(
+        (references, clusters), torch.ones_like(references, dtype=torch.float64), accumulate=True
+    )
+    joint /= joint.sum()
+    p_ref, p_cluster = joint.sum(1), joint.sum(0)
+    nonzero = joint > 0
+    mutual = (joint[nonzero] * (joint / (p_ref[:, None] * p_cluster[None, :]))[nonzero].log()).sum()
+    entropy = -(p_ref[p_ref > 0] * p_ref[p_ref > 0].log()).sum()
+    return {
+        "cluster_purity": float(joint.max(0).values.sum()),
+        "reference_purity": float(joint.max(1).values.sum()),
+        "pnmi": float(mutual / entropy) if entropy > 0 else 0.0,
+    }
+
+
+def ctc_probe_error_rates(
+    train: list[tuple[torch.Tensor, str]],
+    test: list[tuple[torch.Tensor, str]],
+    *,
+    steps: int = 300,
+    lr: float = 3e-3,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> dict[str, float]:
+    """WER and CER on `test` of a linear CTC head over characters trained for a fixed number of steps on frozen
+    features ((frames, dim) per utterance with its transcript): Seed-ASR's per-layer CTC probe."""
+    from torchmetrics.functional.text import char_error_rate, word_error_rate
+
+    from research.asr.ctc import ctc_loss_on_texts
+    from research.text import CharVocabulary, ctc_greedy_decode
+
+    vocab = CharVocabulary()
+    generator = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(train[0][0].shape[1], len(vocab))
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+
+    def padded(items):
+        feats = torch.nn.utils.rnn.pad_sequence([f.float() for f, _ in items], batch_first=True)
+        return feats, torch.tensor([len(f) for f, _ in items]), [t for _, t in items]
+
+    for _ in range(steps):
+        picks = torch.randint(len(train), (min(batch_size, len(train)),), generator=generator)
+        feats, lens, texts = padded([train[i] for i in picks])
+        loss = ctc_loss_on_texts(head(feats).log_softmax(-1), lens, texts, vocab)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        feats, lens, texts = padded(test)
+        hypotheses = ctc_greedy_decode(head(feats).log_softmax(-1), lens, vocab)
+    references = [vocab.normalize(t) for t in texts]
+    return {
+        "wer": float(word_error_rate(hypotheses, references)),
+        "cer": float(char_error_rate(hypotheses, references)),
+    }

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from datamodules.manifest import read_manifest
+from experiments.dump import dump_per_utterance
+from experiments.luise import best_layer, fit_kmeans, probe_layers, write_labels
 from lit_modules.luise import LUISEModule
+from research.audio import load_audio
 from research.encoder import ConformerEncoder
+from research.probes import cluster_quality
 from research.ssl.masking import MaskedFeatures, frames_fully_masked, span_mask
 from research.ssl.targets import (
     RandomProjectionQuantizer,
@@ -17,6 +23,7 @@ from research.ssl.targets import (
     masked_prediction_loss,
     stack_frames,
 )
+from research.tokenizer.quantizer import nearest_codes
 from tests.conftest import fit_on_batch
 
 
@@ -156,3 +163,124 @@ def test_misconfigured_targets_are_refused():
         luise_module(quantizer=None, label_field="kmeans_labels")
     with pytest.raises(ValueError, match="input_dim"):
         luise_module(quantizer=RandomProjectionQuantizer(input_dim=80))
+
+
+def test_cluster_quality_by_hand():
+    perfect = cluster_quality(torch.tensor([3, 3, 1, 1]), torch.tensor([0, 0, 1, 1]))
+    assert perfect == pytest.approx({"cluster_purity": 1.0, "reference_purity": 1.0, "pnmi": 1.0})
+    blind = cluster_quality(torch.tensor([0, 0, 0, 0]), torch.tensor([0, 0, 0, 1]))
+    assert blind == pytest.approx({"cluster_purity": 0.75, "reference_purity": 1.0, "pnmi": 0.0})
+    # two clusters that each split both references evenly carry no information
+    assert cluster_quality(torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 1, 1]))["pnmi"] == pytest.approx(
+        0.0
+    )
+
+
+def test_layer_probe_gives_one_row_per_layer(tiny_data_dir):
+    digits = tiny_data_dir / "connected_digits"
+    torch.manual_seed(0)
+    rows = probe_layers(
+        tiny_encoder(),
+        digits / "train.jsonl",
+        digits / "val.jsonl",
+        train_limit=16,
+        test_limit=8,
+        steps=3,
+        clusters=4,
+    )
+    assert [r["layer"] for r in rows] == [0, 1, 2]
+    for row in rows:
+        assert row["wer"] >= 0 and 0 <= row["pnmi"] <= 1 and 0 < row["cluster_purity"] <= 1
+    assert best_layer(rows) in (0, 1, 2)
+    assert best_layer([{"layer": 0, "wer": 0.5}, {"layer": 1, "wer": 0.2}, {"layer": 2, "wer": 0.9}]) == 1
+
+
+def test_kmeans_labels_round_trip_through_the_manifest(tiny_data_dir, tmp_path):
+    from datamodules.audio_datamodule import AudioDataModule
+
+    digits = tiny_data_dir / "connected_digits"
+    encoder = tiny_encoder().eval()
+    manifests = [digits / "train.jsonl", digits / "val.jsonl"]
+    centroids = fit_kmeans(encoder, manifests, layer=1, k=6, utterances=10, iters=3)
+    assert centroids.shape == (6, 32)
+    written = write_labels(encoder, manifests, 1, centroids, tmp_path / "labels", batch_size=4)
+    labelled = read_manifest(written[str(digits / "val.jsonl")])
+    row = labelled.rows[0]
+    labels = np.load(labelled.resolve(row["kmeans_labels"]))
+    assert row["kmeans_labels_rate"] == 25.0 and labels.dtype == np.int16 and labels.max() < 6
+    wave = load_audio(labelled.audio_path(0), sample_rate=16000)
+    with torch.no_grad():
+        out = encoder(wave[None], torch.tensor([wave.shape[1]]), output_layers=True)
+    # the batched dump pads: only the last frame (whose STFT window reaches the padding) may differ
+    assert np.array_equal(labels[:-1], nearest_codes(out.layers[1][0], centroids).numpy()[:-1])
+    data = AudioDataModule(
+        view="crops",
+        crop_seconds=1.0,
+        train_manifest=str(written[str(digits / "train.jsonl")]),
+        val_manifest=str(written[str(digits / "val.jsonl")]),
+        array_fields=["kmeans_labels"],
+        batch_size=4,
+        num_workers=0,
+    )
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert batch["kmeans_labels"].shape[1] == 25 and (batch["kmeans_labels_lens"] <= 25).all()
+    # resumed: nothing rewritten
+    again = dump_per_utterance(
+        digits / "val.jsonl",
+        column="kmeans_labels",
+        compute=None,
+        rate=25.0,
+        sample_rate=16000,
+        out_dir=tmp_path / "labels" / "connected_digits" / "kmeans_labels",
+        out_manifest=tmp_path / "again.jsonl",
+    )
+    assert again.written == 0 and again.reused == len(labelled)
+
+
+def test_tiny_pretraining_run_logs_metrics_and_its_encoder_loads_from_disk(
+    tiny_data_dir, mlflow_store, tmp_path
+):
+    from hydra import compose, initialize_config_module
+    from mlflow.tracking import MlflowClient
+
+    from experiments.checkpoints import load_checkpoint, load_submodule
+    from experiments.train import train
+    from tests.conftest import MIRROR, TINY_COUNTS
+
+    overrides = [
+        "experiment=ssl/luise_iter1",
+        "model/encoder=tiny",
+        "model.quantizer.codebook_size=64",
+        f"paths.data_dir={tiny_data_dir}",
+        f"paths.output_dir={tmp_path / 'run'}",
+        f"paths.mirror_dir={MIRROR}",
+        f"data.preparers.connected_digits.counts={TINY_COUNTS}",
+        "data.train_manifest=[${paths.data_dir}/connected_digits/train.jsonl]",
+        "data.crop_seconds=1.0",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=3",
+        "trainer.limit_val_batches=2",
+        "trainer.log_every_n_steps=1",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
+    with initialize_config_module(config_module="experiments.configs", version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    train(cfg)
+    run = MlflowClient().search_runs(MlflowClient().search_experiments()[0].experiment_id)[0]
+    for name in ("train/loss", "train/accuracy", "train/label_perplexity", "val/loss", "val/accuracy"):
+        assert name in run.data.metrics, name
+    assert 1 <= run.data.metrics["train/label_perplexity"] <= 64
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    encoder = load_submodule("encoder", ckpt_path=str(ckpt))
+    assert isinstance(encoder, ConformerEncoder) and encoder.num_layers == 2 and not encoder.training
+    saved = load_checkpoint(ckpt)["state_dict"]
+    assert torch.equal(
+        encoder.state_dict()["subsampling.proj.weight"], saved["encoder.subsampling.proj.weight"]
+    )
+    by_run = load_submodule("encoder", run_id=run.info.run_id)
+    assert torch.equal(
+        by_run.state_dict()["subsampling.proj.weight"], saved["encoder.subsampling.proj.weight"]
+    )

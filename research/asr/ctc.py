@@ -23,17 +23,24 @@ class ConformerCTC(nn.Module):
         return self.head(out.hidden).float().log_softmax(-1), out.lens
 
     def loss(self, log_probs: torch.Tensor, lens: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        targets, target_lens = self.vocab.encode_batch(texts)
-        return F.ctc_loss(
-            log_probs.transpose(0, 1),
-            targets.to(log_probs.device),
-            lens,
-            target_lens.to(log_probs.device),
-            blank=self.vocab.blank,
-            zero_infinity=True,
-        )
+        return ctc_loss_on_texts(log_probs, lens, texts, self.vocab)
 
     @torch.no_grad()
     def transcribe(self, audio: torch.Tensor, audio_lens: torch.Tensor) -> list[str]:
         log_probs, lens = self(audio, audio_lens)
         return ctc_greedy_decode(log_probs, lens, self.vocab)
+
+
+def ctc_loss_on_texts(
+    log_probs: torch.Tensor, lens: torch.Tensor, texts: list[str], vocab: CharVocabulary
+) -> torch.Tensor:
+    """CTC loss of (B, frames, vocab) log-probabilities against character transcripts."""
+    targets, target_lens = vocab.encode_batch(texts)
+    return F.ctc_loss(
+        log_probs.transpose(0, 1),
+        targets.to(log_probs.device),
+        lens,
+        target_lens.to(log_probs.device),
+        blank=vocab.blank,
+        zero_infinity=True,
+    )
