@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Callable
 
 import lightning as L
@@ -48,6 +49,7 @@ class AudioDataModule(L.LightningDataModule):
         seed: int = 0,
         extra_fields: tuple[str, ...] = (),
         array_fields: tuple[str, ...] = (),
+        train_fraction: float = 1.0,
         preparers: dict[str, Callable[[], object]] | None = None,
     ):
         super().__init__()
@@ -72,6 +74,9 @@ class AudioDataModule(L.LightningDataModule):
         self.seed = seed
         self.extra_fields = tuple(extra_fields)
         self.array_fields = tuple(array_fields)
+        if not 0 < train_fraction <= 1:
+            raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
+        self.train_fraction = train_fraction
         self.preparers = dict(preparers or {})
         self.datasets: dict[str, ManifestAudioDataset] = {}
 
@@ -118,9 +123,21 @@ class AudioDataModule(L.LightningDataModule):
             log.info("%s: resampling audio at %s Hz to %d Hz", path, rates, self.sample_rate)
         return Manifest(path=manifest.path, rows=kept)
 
-    def make_dataset(self, path: str | list[str]) -> ManifestAudioDataset:
+    def train_subset(self, manifest: Manifest) -> Manifest:
+        """A seeded `train_fraction` of the training rows (low-resource fine-tuning), the same on every run."""
+        if self.train_fraction == 1.0:
+            return manifest
+        count = max(1, round(len(manifest) * self.train_fraction))
+        chosen = sorted(random.Random(self.seed).sample(range(len(manifest)), count))
+        log.info(
+            "training on %d of %d utterances (train_fraction=%s)", count, len(manifest), self.train_fraction
+        )
+        return Manifest(path=manifest.path, rows=[manifest.rows[i] for i in chosen])
+
+    def make_dataset(self, path: str | list[str], split: str = "") -> ManifestAudioDataset:
+        manifest = self.load_manifest(path)
         return ManifestAudioDataset(
-            self.load_manifest(path),
+            self.train_subset(manifest) if split == "train" else manifest,
             sample_rate=self.sample_rate,
             crop_seconds=self.crop_seconds,
             strict=self.strict,
@@ -136,7 +153,7 @@ class AudioDataModule(L.LightningDataModule):
         paths = {**self.manifests, **self.test_manifests}
         for name in names:
             if paths.get(name) and name not in self.datasets:
-                self.datasets[name] = self.make_dataset(paths[name])
+                self.datasets[name] = self.make_dataset(paths[name], name)
 
     def loader(self, name: str, *, shuffle: bool) -> ResumableDataLoader:
         if name not in self.datasets:

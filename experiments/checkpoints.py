@@ -33,9 +33,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def load_submodule(
-    key: str, *, ckpt_path: str | None = None, run_id: str | None = None, which: str = "last"
+    key: str,
+    *,
+    ckpt_path: str | None = None,
+    run_id: str | None = None,
+    which: str = "last",
+    config_overrides: dict | None = None,
 ) -> nn.Module:
-    """Rebuild `model.<key>` (e.g. "codec", "net.encoder") from a checkpoint's config and load its weights."""
+    """Rebuild `model.<key>` (e.g. "codec", "net.encoder") from a checkpoint's config and load its weights;
+    `config_overrides` change arguments that hold no weights (SpecAugment, dropout for fine-tuning)."""
     path = resolve_checkpoint(ckpt_path, run_id, which)
     checkpoint = load_checkpoint(path)
     config = checkpoint["voxlab_config"]["model"]
@@ -43,7 +49,7 @@ def load_submodule(
         if not isinstance(config, dict) or part not in config:
             raise KeyError(f"{path}: the model config has no '{key}'")
         config = config[part]
-    module = instantiate(config, _convert_="all")
+    module = instantiate({**config, **(config_overrides or {})}, _convert_="all")
     prefix = f"{key}."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     module.load_state_dict(state)

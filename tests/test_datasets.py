@@ -116,6 +116,20 @@ def test_datamodule_views_and_errors(mixed_manifest):
     assert sum(b["audio"].shape[0] for b in batches) == 3
 
 
+def test_train_fraction_is_a_seeded_subset_of_training_rows_only(mixed_manifest):
+    def ids(**kwargs) -> tuple[list[str], int]:
+        dm = AudioDataModule(train_manifest=str(mixed_manifest), val_manifest=str(mixed_manifest), **kwargs)
+        dm.setup("fit")
+        return [row["id"] for row in dm.datasets["train"].manifest.rows], len(dm.datasets["val"].manifest)
+
+    subset, val_rows = ids(train_fraction=0.3, seed=1)
+    assert len(subset) == 2 and val_rows == 7  # round(7 x 0.3); validation keeps every row
+    assert ids(train_fraction=0.3, seed=1)[0] == subset
+    assert any(ids(train_fraction=0.3, seed=s)[0] != subset for s in range(2, 6))
+    with pytest.raises(ValueError, match="train_fraction"):
+        AudioDataModule(train_manifest=str(mixed_manifest), train_fraction=0.0)
+
+
 def test_frame_aligned_arrays_are_cropped_with_the_audio(tmp_path):
     """A 100 Hz array whose row i holds i must start at the crop's start time and cover the crop."""
     sf.write(tmp_path / "a.wav", sine(3.0, 16000), 16000)
