@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import partial
 
 import numpy as np
@@ -284,3 +285,52 @@ def test_tiny_pretraining_run_logs_metrics_and_its_encoder_loads_from_disk(
     assert torch.equal(
         by_run.state_dict()["subsampling.proj.weight"], saved["encoder.subsampling.proj.weight"]
     )
+
+
+def test_pipeline_links_its_stages_and_skips_finished_ones(tiny_data_dir, mlflow_store, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from experiments.luise_pipeline import main as pipeline
+    from tests.conftest import MIRROR, TINY_COUNTS
+
+    digits = tiny_data_dir / "connected_digits"
+    common = [
+        "model/encoder=tiny",
+        f"paths.mirror_dir={MIRROR}",
+        f"data.preparers.connected_digits.counts={TINY_COUNTS}",
+        "~data.preparers.librispeech",
+        "data.crop_seconds=1.0",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "trainer.limit_val_batches=1",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
+    args = [
+        "--out", str(tmp_path / "pipeline"), "--data-dir", str(tiny_data_dir), "--k", "4",
+        "--probe-steps", "2", "--probe-train-limit", "8", "--probe-clusters", "4",
+        "--label-manifests", str(digits / "train.jsonl"), str(digits / "val.jsonl"),
+        "--common", *common,
+        "--iter1", "model.quantizer.codebook_size=64", "data.train_manifest=[${paths.data_dir}/connected_digits/train.jsonl]",
+        "--iter2", "data.train_manifest=[${labels_dir}/connected_digits/train_kmeans_labels.jsonl]",
+    ]  # fmt: skip
+    assert pipeline(args) == 0
+    client = MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parent = next(r for r in runs if r.data.tags.get("voxlab.role") == "pipeline")
+    children = {
+        r.data.tags.get("voxlab.pipeline_stage"): r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
+    assert set(children) == {"iter1", "iter2"}
+    assert "probe/wer" in children["iter1"].data.metrics and "val/accuracy" in children["iter2"].data.metrics
+    stages = json.loads((tmp_path / "pipeline" / "stages" / "probe1.json").read_text())
+    assert len(stages["rows"]) == 3  # input + 2 layers of the tiny encoder
+    capsys.readouterr()
+    assert pipeline(args) == 0  # finished stages are skipped
+    assert capsys.readouterr().out.count("skipped") == 5
+    assert pipeline([*args, "--k", "5"]) == 0  # new labels: only labels and what reads them rerun
+    out = capsys.readouterr().out
+    assert "[iter1] done already" in out and "[labels] running" in out and "[iter2] running" in out

@@ -1,0 +1,198 @@
+"""LUISE as one pipeline: iteration 1 -> layer probe -> k-means labels -> iteration 2 -> probe -> SFT.
+
+    python -m experiments.luise_pipeline --out runs/luise                        # the CPU recipe
+    python -m experiments.luise_pipeline --out runs/luise --layer 3 --k 100 --iter2-init-from-iter1 \\
+        --common trainer.max_steps=500 --sft data.train_fraction=0.1
+
+Every stage becomes an MLflow run nested under one pipeline run (training stages through `experiments.train`,
+tagged `voxlab.pipeline_stage`). A stage is skipped when `<out>/stages/<name>.json` records the same config hash
+(its own settings plus those of the stages it reads) and its outputs still exist, so an interrupted pipeline
+resumes where it stopped and a changed setting reruns only what depends on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from hydra import compose, initialize_config_module
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from experiments import tracking
+from experiments.checkpoints import load_submodule
+from experiments.luise import (
+    best_layer,
+    fit_kmeans,
+    format_table,
+    log_probe_to_mlflow,
+    probe_layers,
+    write_labels,
+)
+from experiments.train import resumed_run_id, train
+
+
+def config_hash(settings: object) -> str:
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class Pipeline:
+    def __init__(self, out: Path, parent_run_id: str):
+        self.out, self.parent = out, parent_run_id
+        (out / "stages").mkdir(parents=True, exist_ok=True)
+        self.done: dict[str, dict] = {}
+
+    def stage(
+        self, name: str, settings: dict, run: Callable[[], dict], outputs: Callable[[dict], list[Path]]
+    ):
+        """Run `run` (returns the stage record) unless a record with the same hash exists with its outputs."""
+        record_path = self.out / "stages" / f"{name}.json"
+        digest = config_hash({"settings": settings, "upstream": {k: v["hash"] for k, v in self.done.items()}})
+        if record_path.is_file():
+            record = json.loads(record_path.read_text())
+            if record["hash"] == digest and all(Path(p).exists() for p in outputs(record)):
+                print(f"[{name}] done already (hash {digest}), skipped")
+                self.done[name] = record
+                return record
+        print(f"[{name}] running (hash {digest})")
+        record = {**run(), "hash": digest}
+        record_path.write_text(json.dumps(record, indent=2))
+        self.done[name] = record
+        return record
+
+    def train_stage(self, name: str, overrides: list[str]) -> dict:
+        output_dir = self.out / name
+        with initialize_config_module(config_module="experiments.configs", version_base="1.3"):
+            cfg = compose("train", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+        settings = OmegaConf.to_container(cfg, resolve=False)  # the whole composed config, before the tags
+        cfg.tags = {"mlflow.parentRunId": self.parent, f"{tracking.TAG_PREFIX}pipeline_stage": name}
+
+        def run() -> dict:
+            metrics = train(cfg)
+            ckpt = output_dir / "checkpoints" / "last.ckpt"
+            return {"ckpt": str(ckpt), "run_id": resumed_run_id(str(ckpt)), "metrics": metrics}
+
+        return self.stage(name, settings, run, lambda record: [Path(record["ckpt"])])
+
+
+def probe_stage(pipeline: Pipeline, name: str, trained: dict, args) -> dict:
+    settings = {
+        "steps": args.probe_steps,
+        "train_limit": args.probe_train_limit,
+        "clusters": args.probe_clusters,
+    }
+
+    def run() -> dict:
+        encoder = load_submodule("encoder", ckpt_path=trained["ckpt"])
+        rows = probe_layers(
+            encoder,
+            args.digits / "train.jsonl",
+            args.digits / "val.jsonl",
+            train_limit=args.probe_train_limit,
+            steps=args.probe_steps,
+            clusters=args.probe_clusters,
+        )
+        print(format_table(rows))
+        if trained.get("run_id"):
+            log_probe_to_mlflow(trained["run_id"], rows)
+        return {"rows": rows, "best_layer": best_layer(rows)}
+
+    return pipeline.stage(name, settings, run, lambda record: [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.luise_pipeline", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--out", type=Path, default=tracking.ROOT / "runs" / "luise_pipeline")
+    parser.add_argument("--layer", type=int, help="iteration-1 layer for k-means (default: best probe layer)")
+    parser.add_argument("--k", type=int, default=100, help="k-means clusters = iteration-2 labels")
+    parser.add_argument("--iter2-init-from-iter1", action="store_true", help="else iteration 2 starts fresh")
+    parser.add_argument("--probe-steps", type=int, default=300)
+    parser.add_argument("--probe-train-limit", type=int, default=300)
+    parser.add_argument("--probe-clusters", type=int, default=50)
+    parser.add_argument("--data-dir", type=Path, default=tracking.ROOT / "data")
+    parser.add_argument(
+        "--label-manifests", nargs="*", type=Path, help="default: LibriSpeech excerpts, digits train and val"
+    )
+    parser.add_argument("--common", nargs="*", default=[], help="Hydra overrides for every training stage")
+    parser.add_argument("--iter1", nargs="*", default=[], help="Hydra overrides for iteration 1")
+    parser.add_argument("--iter2", nargs="*", default=[], help="Hydra overrides for iteration 2")
+    parser.add_argument(
+        "--sft", nargs="*", default=None, help="Hydra overrides for SFT (SFT runs when given)"
+    )
+    args = parser.parse_args(argv)
+    args.digits = args.data_dir / "connected_digits"
+    common = [f"paths.data_dir={args.data_dir}", *args.common]
+
+    client = MlflowClient(tracking.tracking_uri())
+    experiment = client.get_experiment_by_name("luise") or client.get_experiment(
+        client.create_experiment("luise")
+    )
+    parent = client.create_run(
+        experiment.experiment_id,
+        run_name=f"pipeline {args.out.name}",
+        tags={f"{tracking.TAG_PREFIX}role": "pipeline", f"{tracking.TAG_PREFIX}pipeline_dir": str(args.out)},
+    )
+    pipeline = Pipeline(args.out, parent.info.run_id)
+
+    iter1 = pipeline.train_stage("iter1", ["experiment=ssl/luise_iter1", *common, *args.iter1])
+    probe1 = probe_stage(pipeline, "probe1", iter1, args)
+    layer = args.layer if args.layer is not None else probe1["best_layer"]
+    manifests = args.label_manifests or [
+        args.data_dir / "librispeech_unlabeled" / "all.jsonl",
+        args.digits / "train.jsonl",
+        args.digits / "val.jsonl",
+    ]
+    labels_dir = args.out / "labels"
+
+    def make_labels() -> dict:
+        encoder = load_submodule("encoder", ckpt_path=iter1["ckpt"])
+        centroids = fit_kmeans(encoder, manifests, layer, args.k)
+        written = write_labels(encoder, manifests, layer, centroids, labels_dir)
+        return {
+            "layer": layer,
+            "labels_dir": str(labels_dir),
+            "manifests": {k: str(v) for k, v in written.items()},
+        }
+
+    labels = pipeline.stage(
+        "labels",
+        {"layer": layer, "k": args.k},
+        make_labels,
+        lambda r: [Path(p) for p in r["manifests"].values()],
+    )
+    init = (
+        [
+            f"model.encoder={{_target_: experiments.checkpoints.load_submodule, key: encoder, ckpt_path: {iter1['ckpt']}}}"
+        ]
+        if args.iter2_init_from_iter1
+        else []
+    )
+    iter2_overrides = [
+        "experiment=ssl/luise_iter2",
+        f"labels_dir={labels['labels_dir']}",
+        f"model.num_labels={args.k}",
+        *init,
+        *common,
+        *args.iter2,
+    ]
+    iter2 = pipeline.train_stage("iter2", iter2_overrides)
+    probe_stage(pipeline, "probe2", iter2, args)
+    if args.sft is not None:
+        pipeline.train_stage(
+            "sft",
+            ["experiment=ssl/luise_sft", f"model.net.encoder.ckpt_path={iter2['ckpt']}", *common, *args.sft],
+        )
+    client.log_dict(parent.info.run_id, pipeline.done, "stages.json")
+    client.set_terminated(parent.info.run_id)
+    print(f"pipeline run {parent.info.run_id}: stages {', '.join(pipeline.done)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
