@@ -147,8 +147,9 @@ def log_probe_to_mlflow(run_id: str, rows: list[dict]) -> None:
 
 
 # --- k-means labels ----------------------------------------------------------------------------------------------
-def labels_tag(source: str, layer: int, k: int, seed: int) -> str:
-    return hashlib.sha1(json.dumps([source, layer, k, seed]).encode()).hexdigest()[:10]
+def config_hash(settings: object) -> str:
+    """Short, stable digest of JSON-able settings: names label folders and pipeline stage records."""
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def fit_kmeans(
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     labels.add_argument("--fit-utterances", type=int, default=300)
-    labels.add_argument("--out-dir", help="default: data/luise_labels/<tag of source, layer, k, seed>")
+    labels.add_argument("--out-dir", help="default: data/luise_labels/<hash of source, layer, k, seed>")
     labels.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
     encoder = load_submodule(args.key, ckpt_path=args.ckpt, run_id=args.run_id)
@@ -273,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
             log_probe_to_mlflow(args.run_id, rows)
         return 0
     source = args.run_id or str(Path(args.ckpt).resolve())
-    out_dir = Path(args.out_dir or data / "luise_labels" / labels_tag(source, args.layer, args.k, args.seed))
+    out_dir = Path(
+        args.out_dir or data / "luise_labels" / config_hash([source, args.layer, args.k, args.seed])
+    )
     centroids_path = out_dir / "centroids.pt"
     if centroids_path.is_file():  # a resumed run labels with the same centroids
         centroids = torch.load(centroids_path)

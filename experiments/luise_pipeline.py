@@ -13,7 +13,6 @@ resumes where it stopped and a changed setting reruns only what depends on it.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from experiments import tracking
 from experiments.checkpoints import load_submodule
 from experiments.luise import (
     best_layer,
+    config_hash,
     fit_kmeans,
     format_table,
     log_probe_to_mlflow,
@@ -34,10 +34,6 @@ from experiments.luise import (
     write_labels,
 )
 from experiments.train import resumed_run_id, train
-
-
-def config_hash(settings: object) -> str:
-    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 class Pipeline:

@@ -6,6 +6,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torchmetrics.functional.text import char_error_rate, word_error_rate
+
+from research.asr.ctc import ctc_loss_on_texts
+from research.text import CharVocabulary, ctc_greedy_decode
 
 
 def segment_frames(start: float, end: float, frame_rate: float) -> slice:
@@ -78,11 +82,6 @@ def ctc_probe_error_rates(
 ) -> dict[str, float]:
     """WER and CER on `test` of a linear CTC head over characters trained for a fixed number of steps on frozen
     features ((frames, dim) per utterance with its transcript): Seed-ASR's per-layer CTC probe."""
-    from torchmetrics.functional.text import char_error_rate, word_error_rate
-
-    from research.asr.ctc import ctc_loss_on_texts
-    from research.text import CharVocabulary, ctc_greedy_decode
-
     vocab = CharVocabulary()
     generator = torch.Generator().manual_seed(seed)
     head = torch.nn.Linear(train[0][0].shape[1], len(vocab))
