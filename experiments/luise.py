@@ -28,9 +28,11 @@ from datamodules.manifest import Manifest, read_manifest
 from datamodules.prepare.fsdd import DIGIT_WORDS
 from experiments.checkpoints import load_submodule
 from experiments.dump import dump_per_utterance
+from lit_modules.luise import SUBSAMPLING
 from research.audio import load_audio
 from research.encoder import ConformerEncoder
 from research.probes import cluster_quality, ctc_probe_error_rates, segment_frames
+from research.ssl.targets import RandomProjectionQuantizer, stack_frames
 from research.tokenizer.quantizer import kmeans, nearest_codes
 
 SILENCE = len(DIGIT_WORDS)  # reference label of frames between digits
@@ -189,6 +191,35 @@ def label_batch(encoder: ConformerEncoder, layer: int, centroids: torch.Tensor):
         ]
 
     return compute
+
+
+def random_projection_labels(encoder: ConformerEncoder, quantizer: RandomProjectionQuantizer):
+    """Iteration-1 targets as a batch function (label_batch's signature): the quantizer's first codebook over the
+    encoder's clean log-mel, one label per 40 ms frame."""
+
+    @torch.no_grad()
+    def compute(audio: torch.Tensor, lens: torch.Tensor) -> list[np.ndarray]:
+        feats, feat_lens = encoder.features(audio, lens)
+        labels = quantizer(stack_frames(feats, SUBSAMPLING))[..., 0]
+        frames = (-(-feat_lens // SUBSAMPLING)).tolist()
+        return [labels[i, :n].numpy().astype(np.int16) for i, n in enumerate(frames)]
+
+    return compute
+
+
+def alignment_quality(
+    manifest_path: str | Path, compute, frame_rate: float, sample_rate: int, limit: int | None = None
+) -> dict[str, float]:
+    """Purity / PNMI of per-frame labels (`compute`: a label_batch-style function) against the digit alignment of
+    a connected-digit manifest."""
+    manifest = read_manifest(manifest_path)
+    assigned, reference = [], []
+    for index in tqdm(range(min(limit or len(manifest), len(manifest))), desc="label quality", leave=False):
+        audio = load_audio(manifest.audio_path(index), sample_rate=sample_rate)
+        labels = torch.from_numpy(compute(audio[None], torch.tensor([audio.shape[-1]]))[0]).long()
+        assigned.append(labels)
+        reference.append(digit_alignment(manifest.rows[index]["segments"], len(labels), frame_rate))
+    return cluster_quality(torch.cat(assigned), torch.cat(reference))
 
 
 def write_labels(

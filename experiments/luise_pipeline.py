@@ -2,7 +2,7 @@
 
     python -m experiments.luise_pipeline --out runs/luise                        # the CPU recipe
     python -m experiments.luise_pipeline --out runs/luise --layer 3 --k 100 --iter2-init-from-iter1 \\
-        --common trainer.max_steps=500 --sft data.train_fraction=0.1
+        --common trainer.max_steps=500 --sft data.train_fraction=0.1 --sft-baseline
 
 Every stage becomes an MLflow run nested under one pipeline run (training stages through `experiments.train`,
 tagged `voxlab.pipeline_stage`). A stage is skipped when `<out>/stages/<name>.json` records the same config hash
@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_module
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
@@ -121,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sft", nargs="*", default=None, help="Hydra overrides for SFT (SFT runs when given)"
     )
+    parser.add_argument(
+        "--sft-baseline", action="store_true", help="also fine-tune the encoder from random initialisation"
+    )
     args = parser.parse_args(argv)
     args.digits = args.data_dir / "connected_digits"
     common = [f"paths.data_dir={args.data_dir}", *args.common]
@@ -150,9 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         encoder = load_submodule("encoder", ckpt_path=iter1["ckpt"])
         centroids = fit_kmeans(encoder, manifests, layer, args.k)
         written = write_labels(encoder, manifests, layer, centroids, labels_dir)
+        torch.save(centroids, labels_dir / "centroids.pt")
         return {
             "layer": layer,
             "labels_dir": str(labels_dir),
+            "centroids": str(labels_dir / "centroids.pt"),
             "manifests": {k: str(v) for k, v in written.items()},
         }
 
@@ -160,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "labels",
         {"layer": layer, "k": args.k},
         make_labels,
-        lambda r: [Path(p) for p in r["manifests"].values()],
+        lambda r: [Path(r["centroids"]), *map(Path, r["manifests"].values())],
     )
     init = (
         [
@@ -184,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
             "sft",
             ["experiment=ssl/luise_sft", f"model.net.encoder.ckpt_path={iter2['ckpt']}", *common, *args.sft],
         )
+        if args.sft_baseline:
+            # the same encoder and data from random initialisation, with the CTC baseline's recipe
+            scratch = ["experiment=asr/ctc_digits", "task_name=luise", *common, *args.sft]
+            pipeline.train_stage("sft_scratch", scratch)
     client.log_dict(parent.info.run_id, pipeline.done, "stages.json")
     client.set_terminated(parent.info.run_id)
     print(f"pipeline run {parent.info.run_id}: stages {', '.join(pipeline.done)}")

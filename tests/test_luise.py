@@ -12,7 +12,15 @@ import torch.nn.functional as F
 
 from datamodules.manifest import read_manifest
 from experiments.dump import dump_per_utterance
-from experiments.luise import best_layer, fit_kmeans, probe_layers, write_labels
+from experiments.luise import (
+    alignment_quality,
+    best_layer,
+    digit_alignment,
+    fit_kmeans,
+    probe_layers,
+    random_projection_labels,
+    write_labels,
+)
 from lit_modules.luise import LUISEModule
 from research.audio import load_audio
 from research.encoder import ConformerEncoder
@@ -196,6 +204,38 @@ def test_layer_probe_gives_one_row_per_layer(tiny_data_dir):
     assert best_layer([{"layer": 0, "wer": 0.5}, {"layer": 1, "wer": 0.2}, {"layer": 2, "wer": 0.9}]) == 1
 
 
+def test_label_quality_against_the_digit_alignment(tiny_data_dir):
+    manifest_path = tiny_data_dir / "connected_digits" / "val.jsonl"
+    encoder = tiny_encoder().eval()
+    quantizer = RandomProjectionQuantizer(input_dim=320, codebook_size=32, seed=3)
+    compute = random_projection_labels(encoder, quantizer)
+    manifest = read_manifest(manifest_path)
+    wave = load_audio(manifest.audio_path(0), sample_rate=16000)
+    labels = compute(wave[None], torch.tensor([wave.shape[1]]))[0]
+    feats, _ = encoder.features(wave[None], torch.tensor([wave.shape[1]]))
+    with torch.no_grad():
+        frames = encoder(wave[None], torch.tensor([wave.shape[1]])).hidden.shape[1]
+    assert len(labels) == frames  # one label per encoder frame
+    assert np.array_equal(labels, quantizer(stack_frames(feats, 4))[0, :, 0].numpy())
+
+    def one_label(audio, lens):
+        return [np.zeros(-(-int(n) // 640), dtype=np.int16) for n in lens]
+
+    scores = alignment_quality(manifest_path, one_label, 25.0, 16000)
+    reference = torch.cat(
+        [
+            digit_alignment(
+                row["segments"], -(-len(load_audio(manifest.audio_path(i), 16000)[0]) // 640), 25.0
+            )
+            for i, row in enumerate(manifest.rows)
+        ]
+    )
+    # a single label explains nothing; it is "right" on the most frequent reference label only
+    assert scores["pnmi"] == 0.0
+    assert scores["cluster_purity"] == pytest.approx(reference.bincount().max().item() / len(reference))
+    assert alignment_quality(manifest_path, compute, 25.0, 16000)["pnmi"] > 0
+
+
 def test_kmeans_labels_round_trip_through_the_manifest(tiny_data_dir, tmp_path):
     from datamodules.audio_datamodule import AudioDataModule
 
@@ -328,6 +368,8 @@ def test_pipeline_links_its_stages_and_skips_finished_ones(tiny_data_dir, mlflow
     assert "probe/wer" in children["iter1"].data.metrics and "val/accuracy" in children["iter2"].data.metrics
     stages = json.loads((tmp_path / "pipeline" / "stages" / "probe1.json").read_text())
     assert len(stages["rows"]) == 3  # input + 2 layers of the tiny encoder
+    labels = json.loads((tmp_path / "pipeline" / "stages" / "labels.json").read_text())
+    assert torch.load(labels["centroids"]).shape[0] == 4
     capsys.readouterr()
     assert pipeline(args) == 0  # finished stages are skipped
     assert capsys.readouterr().out.count("skipped") == 5

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
-import sys
 import time
 from functools import partial
 
 import torch
+
+from experiments.benchmarks.timing import alternate_arms, best_of, lightning_step_times, peak_rss_mb
 
 SIZES = {
     # SpeechTokenizer sizes; EnCodec gets the same SEANet (unidirectional LSTM) and RVQ, DAC the same widths
@@ -82,15 +81,6 @@ def codecs(size: str) -> dict:
     }
 
 
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 @torch.inference_mode()
 def real_time_factors(size: str, seconds: float, repeats: int) -> dict:
     results = {}
@@ -132,34 +122,6 @@ def build_module(size: str):
     )
 
 
-def lightning_steps(module, batch: dict, steps: int) -> list[float]:
-    import lightning as L
-    from torch.utils.data import DataLoader
-
-    class Timer(L.Callback):
-        def __init__(self):
-            self.times: list[float] = []
-
-        def on_train_batch_start(self, *args):
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, *args):
-            self.times.append(time.perf_counter() - self.start)
-
-    timer = Timer()
-    trainer = L.Trainer(
-        max_steps=2 * steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-        accelerator="cpu",
-    )
-    trainer.fit(module, DataLoader([batch] * steps, batch_size=None))
-    return timer.times
-
-
 def plain_steps(module, batch: dict, steps: int) -> list[float]:
     from research.tokenizer.losses import lsgan_discriminator_loss
 
@@ -186,12 +148,16 @@ def plain_steps(module, batch: dict, steps: int) -> list[float]:
 def run_arm(arm: str, size: str, steps: int, seconds: float, batch: int) -> dict:
     module = build_module(size)
     data = tiny_batch(seconds, batch)
-    times = (lightning_steps if arm == "lightning" else plain_steps)(module, data, steps)
+    times = (
+        lightning_step_times(module, data, steps, optimizers=2)
+        if arm == "lightning"
+        else plain_steps(module, data, steps)
+    )
     warm = times[3:]  # the first steps include k-means initialisation and allocator warm-up
     return {
         "arm": arm,
         "step_s": statistics.median(warm),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -220,26 +186,21 @@ def main(argv: list[str] | None = None) -> dict:
             f"| {name} | {r['params_m']} | {r['encode_rtf']:.4f} | {r['decode_rtf']:.4f} | {r['encode_rtf'] / ours['encode_rtf']:.2f}x | {r['decode_rtf'] / ours['decode_rtf']:.2f}x |"
         )
 
-    arms: dict[str, list[dict]] = {"lightning": [], "plain": []}
-    for _ in range(args.rounds):
-        for arm in arms:
-            command = [
-                sys.executable,
-                "-m",
-                "experiments.benchmarks.tokenizer_speed",
-                "--arm",
-                arm,
-                "--size",
-                args.size,
-                "--steps",
-                str(args.steps),
-                "--crop-seconds",
-                str(args.crop_seconds),
-                "--batch",
-                str(args.batch),
-            ]
-            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            arms[arm].append(json.loads(output.strip().splitlines()[-1]))
+    arms = alternate_arms(
+        "experiments.benchmarks.tokenizer_speed",
+        ["lightning", "plain"],
+        args.rounds,
+        [
+            "--size",
+            args.size,
+            "--steps",
+            str(args.steps),
+            "--crop-seconds",
+            str(args.crop_seconds),
+            "--batch",
+            str(args.batch),
+        ],
+    )
     step = {arm: statistics.median(r["step_s"] for r in runs) for arm, runs in arms.items()}
     rss = {arm: max(r["peak_rss_mb"] for r in runs) for arm, runs in arms.items()}
     overhead = step["lightning"] / step["plain"] - 1
