@@ -25,16 +25,16 @@ class ConvSubsampling(nn.Module):
         )
         self.proj = nn.Linear(channels * ((n_mels + 3) // 4), d_model)
 
-    @staticmethod
-    def output_lengths(lens: torch.Tensor) -> torch.Tensor:
-        for _ in range(2):
-            lens = (lens - 1) // 2 + 1
-        return lens
-
     def forward(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.conv(rearrange(feats, "b t f -> b 1 t f"))
+        # Zero what lies beyond each length before every convolution, as its own zero padding would in an
+        # unbatched call: valid frames then do not depend on how much padding the batch adds.
+        x = rearrange(feats, "b t f -> b 1 t f")
+        for index in (0, 2):
+            x = x * lengths_to_mask(lens, x.shape[2])[:, None, :, None]
+            x = self.conv[index + 1](self.conv[index](x))
+            lens = (lens - 1) // 2 + 1  # kernel 3, stride 2, padding 1
         x = self.proj(rearrange(x, "b c t f -> b t (c f)"))
-        return x, self.output_lengths(lens).clamp_max(x.shape[1])
+        return x, lens.clamp_max(x.shape[1])
 
 
 @dataclass
@@ -42,6 +42,45 @@ class EncoderOutput:
     hidden: torch.Tensor  # (B, T, D) last layer
     lens: torch.Tensor  # (B,)
     layers: list[torch.Tensor] | None = None  # input to layer 1 followed by every layer's output
+
+
+def masked_group_norm(norm: nn.GroupNorm, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """GroupNorm(1 group) of (B, C, T) with statistics over the valid frames only (`valid`: (B, T))."""
+    weights = valid[:, None, :].to(x.dtype)
+    count = weights.sum((1, 2), keepdim=True).clamp_min(1) * x.shape[1]
+    mean = (x * weights).sum((1, 2), keepdim=True) / count
+    var = (((x - mean) * weights) ** 2).sum((1, 2), keepdim=True) / count
+    x = (x - mean) / torch.sqrt(var + norm.eps)
+    return x * norm.weight[None, :, None] + norm.bias[None, :, None]
+
+
+def padding_aware_convolution(module: nn.Module, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """torchaudio's Conformer convolution module on (B, T, D) with its own weights, except that padded frames
+    are zeroed before the depthwise convolution and left out of the GroupNorm statistics (torchaudio lets both
+    see the padding, so a frame's output changed with the length of the longest utterance in its batch)."""
+    pointwise, glu, depthwise, norm, activation, pointwise_out, dropout = module.sequential
+    x = glu(pointwise(module.layer_norm(x).transpose(1, 2))) * valid[:, None, :].to(x.dtype)
+    x = masked_group_norm(norm, depthwise(x), valid)
+    return dropout(pointwise_out(activation(x))).transpose(1, 2)
+
+
+def conformer_layer(layer: nn.Module, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    """torchaudio's ConformerLayer.forward on (T, B, D), with the padding-aware convolution module."""
+
+    def convolution(x: torch.Tensor) -> torch.Tensor:
+        out = padding_aware_convolution(layer.conv_module, x.transpose(0, 1), ~padding)
+        return x + out.transpose(0, 1)
+
+    x = x + 0.5 * layer.ffn1(x)
+    if layer.convolution_first:
+        x = convolution(x)
+    attended = layer.self_attn_layer_norm(x)
+    attended, _ = layer.self_attn(attended, attended, attended, key_padding_mask=padding, need_weights=False)
+    x = x + layer.self_attn_dropout(attended)
+    if not layer.convolution_first:
+        x = convolution(x)
+    x = x + 0.5 * layer.ffn2(x)
+    return layer.final_layer_norm(x)
 
 
 class ConformerEncoder(nn.Module):
@@ -67,7 +106,7 @@ class ConformerEncoder(nn.Module):
         self.spec_augment = SpecAugment(**spec_augment) if spec_augment else nn.Identity()
         self.subsampling = ConvSubsampling(n_mels=n_mels, d_model=d_model, channels=subsampling_channels)
         self.input_dropout = nn.Dropout(dropout)
-        # GroupNorm instead of BatchNorm so padded frames do not leak into normalisation statistics.
+        # GroupNorm instead of BatchNorm: per-utterance statistics, which conformer_layer keeps to valid frames.
         self.conformer = Conformer(
             input_dim=d_model,
             num_heads=num_heads,
@@ -99,7 +138,7 @@ class ConformerEncoder(nn.Module):
         layers = [x] if output_layers else None
         # torchaudio's Conformer.forward returns only the last layer; iterate its layers to expose all of them.
         for layer in self.conformer.conformer_layers:
-            x = layer(x, padding)
+            x = conformer_layer(layer, x, padding)
             if layers is not None:
                 layers.append(x)
         to_batch_first = lambda t: rearrange(t, "t b d -> b t d")  # noqa: E731

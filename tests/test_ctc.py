@@ -3,7 +3,7 @@ import math
 import torch
 
 from research.asr.ctc import ConformerCTC
-from research.encoder import ConformerEncoder
+from research.encoder import ConformerEncoder, conformer_layer
 from research.features import LogMel
 from research.text import CharVocabulary, ctc_greedy_decode
 
@@ -42,6 +42,23 @@ def test_frame_rate_and_shapes():
     assert torch.allclose(log_probs.exp().sum(-1), torch.ones(2, 26), atol=1e-5)
     layers = model.encoder(audio, torch.tensor([16000, 8000]), output_layers=True).layers
     assert len(layers) == 3 and all(t.shape == (2, 26, 32) for t in layers)
+
+
+def test_encoder_frames_do_not_depend_on_the_padding_of_their_batch():
+    torch.manual_seed(0)
+    encoder = tiny_model(kernel_size=7, dropout=0.0).encoder.eval()
+    feats = torch.randn(2, 200, 80)  # the short utterance's padding holds noise, not zeros
+    with torch.no_grad():
+        batched = encoder.encode_features(feats, torch.tensor([200, 90]), output_layers=True)
+        alone = encoder.encode_features(feats[1:, :90], torch.tensor([90]), output_layers=True)
+        frames = int(alone.lens[0])
+        assert frames == 23 and batched.lens.tolist() == [50, 23]
+        for in_batch, by_itself in zip(batched.layers, alone.layers, strict=True):
+            assert torch.allclose(in_batch[1, :frames], by_itself[0], atol=1e-5)
+        # without padding the layer is torchaudio's own
+        layer, x = encoder.conformer.conformer_layers[0], torch.randn(30, 2, 32)
+        no_padding = torch.zeros(2, 30, dtype=torch.bool)
+        assert torch.allclose(conformer_layer(layer, x, no_padding), layer(x, no_padding), atol=1e-5)
 
 
 def test_log_mel_lengths_and_normalisation():

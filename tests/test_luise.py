@@ -225,7 +225,9 @@ def test_label_quality_against_the_digit_alignment(tiny_data_dir):
     reference = torch.cat(
         [
             digit_alignment(
-                row["segments"], -(-len(load_audio(manifest.audio_path(i), 16000)[0]) // 640), 25.0
+                row["segments"],
+                -(-load_audio(manifest.audio_path(i), sample_rate=16000).shape[1] // 640),
+                25.0,
             )
             for i, row in enumerate(manifest.rows)
         ]

@@ -1,6 +1,6 @@
 """Research validity of LUISE at CPU size: does pretraining help, and do iteration-2 labels carry more content?
 
-    python -m experiments.benchmarks.luise_validity [--pretrain-steps 600] [--sft-steps 400] [--out DIR]
+    python -m experiments.benchmarks.luise_validity [--pretrain-steps 1000] [--sft-steps 600] [--out DIR]
 
 Runs the LUISE pipeline (`experiments.luise_pipeline`, resumable: an interrupted benchmark picks up where it
 stopped) on LibriSpeech excerpts + connected FSDD digits: iteration 1 (random-projection labels), per-layer probe,
@@ -60,8 +60,8 @@ def label_quality(out: Path, data_dir: Path, k: int, seed: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pretrain-steps", type=int, default=600, help="steps of each pretraining iteration")
-    parser.add_argument("--sft-steps", type=int, default=400, help="CTC fine-tuning steps of both arms")
+    parser.add_argument("--pretrain-steps", type=int, default=1000, help="steps of each pretraining iteration")
+    parser.add_argument("--sft-steps", type=int, default=600, help="CTC fine-tuning steps of both arms")
     parser.add_argument("--sft-fraction", type=float, default=0.1)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--iter2-init-from-iter1", action="store_true")
