@@ -60,11 +60,14 @@ def label_quality(out: Path, data_dir: Path, k: int, seed: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pretrain-steps", type=int, default=1000, help="steps of each pretraining iteration")
+    parser.add_argument(
+        "--pretrain-steps", type=int, default=1000, help="steps of each pretraining iteration"
+    )
     parser.add_argument("--sft-steps", type=int, default=600, help="CTC fine-tuning steps of both arms")
     parser.add_argument("--sft-fraction", type=float, default=0.1)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--iter2-init-from-iter1", action="store_true")
+    parser.add_argument("--sft-overrides", nargs="*", default=[], help="Hydra overrides for both SFT arms")
     parser.add_argument("--probe-steps", type=int, default=200)
     parser.add_argument("--probe-train-limit", type=int, default=200)
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
@@ -95,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
             "--sft",
             f"data.train_fraction={args.sft_fraction}",
             f"trainer.max_steps={args.sft_steps}",
+            *args.sft_overrides,
             "--sft-baseline",
         ]
     )
