@@ -168,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         make_labels,
         lambda r: [Path(r["centroids"]), *map(Path, r["manifests"].values())],
     )
+    # the encoder's config node is replaced, not merged into (Hydra's struct mode refuses new keys)
     init = (
         [
-            f"model.encoder={{_target_: experiments.checkpoints.load_submodule, key: encoder, ckpt_path: {iter1['ckpt']}}}"
+            "~model.encoder",
+            f"+model.encoder={{_target_: experiments.checkpoints.load_submodule, key: encoder, ckpt_path: {iter1['ckpt']}}}",
         ]
         if args.iter2_init_from_iter1
         else []

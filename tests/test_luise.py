@@ -375,6 +375,7 @@ def test_pipeline_links_its_stages_and_skips_finished_ones(tiny_data_dir, mlflow
     capsys.readouterr()
     assert pipeline(args) == 0  # finished stages are skipped
     assert capsys.readouterr().out.count("skipped") == 5
-    assert pipeline([*args, "--k", "5"]) == 0  # new labels: only labels and what reads them rerun
+    # new labels, iteration 2 now from iteration 1: only labels and what reads them rerun
+    assert pipeline([*args, "--k", "5", "--iter2-init-from-iter1"]) == 0
     out = capsys.readouterr().out
     assert "[iter1] done already" in out and "[labels] running" in out and "[iter2] running" in out
