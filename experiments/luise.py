@@ -28,9 +28,8 @@ from datamodules.manifest import Manifest, read_manifest
 from datamodules.prepare.fsdd import DIGIT_WORDS
 from experiments.checkpoints import load_submodule
 from experiments.dump import dump_per_utterance
-from lit_modules.luise import SUBSAMPLING
 from research.audio import load_audio
-from research.encoder import ConformerEncoder
+from research.encoder import SUBSAMPLING, ConformerEncoder
 from research.probes import cluster_quality, ctc_probe_error_rates, segment_frames
 from research.ssl.targets import RandomProjectionQuantizer, stack_frames
 from research.tokenizer.quantizer import kmeans, nearest_codes

@@ -3,7 +3,7 @@
 
 Iteration 1 takes its labels from a frozen random-projection quantizer of the clean features, computed on the fly;
 iteration k+1 reads k-means labels of iteration k's hidden states from the manifest (`label_field`, written by
-`python -m experiments.luise_labels`). `init_from` starts the encoder from an earlier iteration's checkpoint.
+`python -m experiments.luise labels`); `experiments.luise_pipeline` can start its encoder from iteration k's.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lit_modules.optim import optimizers_with_schedule
-from research.encoder import ConformerEncoder
+from research.encoder import SUBSAMPLING, ConformerEncoder
 from research.features import lengths_to_mask
 from research.ssl.masking import MaskedFeatures, frames_fully_masked, span_mask
 from research.ssl.targets import (
@@ -25,8 +25,6 @@ from research.ssl.targets import (
     masked_prediction_loss,
     stack_frames,
 )
-
-SUBSAMPLING = 4  # 10 ms features -> 40 ms encoder frames (two stride-2 convolutions)
 
 
 class LUISEModule(L.LightningModule):
@@ -79,7 +77,7 @@ class LUISEModule(L.LightningModule):
         field = self.hparams.label_field
         if field not in batch:
             raise KeyError(
-                f"batch has no '{field}': add it to data.array_fields (labels written by luise_labels)"
+                f"batch has no '{field}': add it to data.array_fields (labels written by `python -m experiments.luise labels`)"
             )
         labels = batch[field].long()[:, :frames]
         labels = nn.functional.pad(labels, (0, frames - labels.shape[1]))

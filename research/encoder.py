@@ -11,6 +11,8 @@ from torchaudio.models import Conformer
 
 from research.features import LogMel, SpecAugment, lengths_to_mask
 
+SUBSAMPLING = 4  # 10 ms features -> 40 ms encoder frames (two stride-2 convolutions)
+
 
 class ConvSubsampling(nn.Module):
     """Two stride-2 Conv2d layers over (time, mel): 4x fewer frames (10 ms -> 40 ms)."""
@@ -116,7 +118,7 @@ class ConformerEncoder(nn.Module):
             dropout=dropout,
             use_group_norm=True,
         )
-        self.frame_rate = sample_rate / (self.features.hop_length * 4)
+        self.frame_rate = sample_rate / (self.features.hop_length * SUBSAMPLING)
 
     @property
     def num_layers(self) -> int:

@@ -21,7 +21,12 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-from experiments.benchmarks.timing import alternate_arms, lightning_step_times, peak_rss_mb
+from experiments.benchmarks.timing import (
+    alternate_arms,
+    lightning_step_times,
+    peak_rss_mb,
+    random_audio_batch,
+)
 from experiments.tracking import ROOT
 from lit_modules.optim import warmup_cosine
 
@@ -34,12 +39,6 @@ def build_module(encoder: str):
         cfg = compose("train", overrides=["experiment=ssl/luise_iter1", f"model/encoder={encoder}"])
     torch.manual_seed(0)
     return instantiate(cfg.model, _convert_="all"), cfg.model.scheduler
-
-
-def random_batch(seconds: float, batch: int) -> dict:
-    generator = torch.Generator().manual_seed(0)
-    audio = torch.randn(batch, 1, int(16000 * seconds), generator=generator) * 0.1
-    return {"audio": audio, "audio_lens": torch.full((batch,), audio.shape[-1])}
 
 
 def plain_step_times(module, batch: dict, steps: int, scheduler: dict) -> list[float]:
@@ -62,7 +61,7 @@ def plain_step_times(module, batch: dict, steps: int, scheduler: dict) -> list[f
 
 def run_arm(arm: str, encoder: str, steps: int, seconds: float, batch: int) -> dict:
     module, scheduler = build_module(encoder)
-    data = random_batch(seconds, batch)
+    data = random_audio_batch(seconds, batch)
     times = (
         lightning_step_times(module, data, steps)
         if arm == "lightning"

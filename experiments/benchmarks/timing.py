@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 
@@ -21,6 +22,13 @@ def best_of(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def random_audio_batch(seconds: float, batch: int, sample_rate: int = 16000) -> dict:
+    """A seeded batch of full-length noise clips (timing does not depend on the audio)."""
+    generator = torch.Generator().manual_seed(0)
+    audio = torch.randn(batch, 1, int(sample_rate * seconds), generator=generator) * 0.1
+    return {"audio": audio, "audio_lens": torch.full((batch,), audio.shape[-1])}
 
 
 def peak_rss_mb() -> float:

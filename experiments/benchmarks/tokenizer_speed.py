@@ -18,7 +18,13 @@ from functools import partial
 
 import torch
 
-from experiments.benchmarks.timing import alternate_arms, best_of, lightning_step_times, peak_rss_mb
+from experiments.benchmarks.timing import (
+    alternate_arms,
+    best_of,
+    lightning_step_times,
+    peak_rss_mb,
+    random_audio_batch,
+)
 
 SIZES = {
     # SpeechTokenizer sizes; EnCodec gets the same SEANet (unidirectional LSTM) and RVQ, DAC the same widths
@@ -97,12 +103,6 @@ def real_time_factors(size: str, seconds: float, repeats: int) -> dict:
     return results
 
 
-def tiny_batch(seconds: float, batch: int) -> dict:
-    generator = torch.Generator().manual_seed(0)
-    audio = torch.randn(batch, 1, int(16000 * seconds), generator=generator) * 0.1
-    return {"audio": audio, "audio_lens": torch.full((batch,), audio.shape[-1])}
-
-
 def build_module(size: str):
     from lit_modules.tokenizer import SpeechTokenizerModule
     from research.tokenizer.codec import SpeechTokenizerCodec
@@ -147,7 +147,7 @@ def plain_steps(module, batch: dict, steps: int) -> list[float]:
 
 def run_arm(arm: str, size: str, steps: int, seconds: float, batch: int) -> dict:
     module = build_module(size)
-    data = tiny_batch(seconds, batch)
+    data = random_audio_batch(seconds, batch)
     times = (
         lightning_step_times(module, data, steps, optimizers=2)
         if arm == "lightning"
