@@ -75,6 +75,7 @@ def probe_layers(
     test_limit: int = 100,
     steps: int = 300,
     clusters: int = 50,
+    hidden: int = 128,
     seed: int = 0,
 ) -> list[dict]:
     """One row per layer (0 = the subsampled input): CTC probe WER/CER on `test_manifest`, and, where rows carry
@@ -91,6 +92,7 @@ def probe_layers(
                 [(states[layer], r["text"]) for r, states in train],
                 [(states[layer], r["text"]) for r, states in test],
                 steps=steps,
+                hidden=hidden,
                 seed=seed,
             )
         )
@@ -271,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     probe.add_argument("--test-limit", type=int, default=100)
     probe.add_argument("--steps", type=int, default=300)
     probe.add_argument("--clusters", type=int, default=50)
+    probe.add_argument("--hidden", type=int, default=128, help="probe BiLSTM size (0: a linear probe)")
     labels.add_argument("--layer", type=int, required=True)
     labels.add_argument("--k", type=int, default=100)
     labels.add_argument(
@@ -296,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             test_limit=args.test_limit,
             steps=args.steps,
             clusters=args.clusters,
+            hidden=args.hidden,
             seed=args.seed,
         )
         print(format_table(rows))

@@ -81,6 +81,7 @@ def probe_stage(pipeline: Pipeline, name: str, trained: dict, args) -> dict:
         "steps": args.probe_steps,
         "train_limit": args.probe_train_limit,
         "clusters": args.probe_clusters,
+        "hidden": args.probe_hidden,
     }
 
     def run() -> dict:
@@ -92,6 +93,7 @@ def probe_stage(pipeline: Pipeline, name: str, trained: dict, args) -> dict:
             train_limit=args.probe_train_limit,
             steps=args.probe_steps,
             clusters=args.probe_clusters,
+            hidden=args.probe_hidden,
         )
         print(format_table(rows))
         if trained.get("run_id"):
@@ -112,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-steps", type=int, default=300)
     parser.add_argument("--probe-train-limit", type=int, default=300)
     parser.add_argument("--probe-clusters", type=int, default=50)
+    parser.add_argument("--probe-hidden", type=int, default=128, help="probe BiLSTM size (0: a linear probe)")
     parser.add_argument("--data-dir", type=Path, default=tracking.ROOT / "data")
     parser.add_argument(
         "--label-manifests", nargs="*", type=Path, help="default: LibriSpeech excerpts, digits train and val"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from functools import partial
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.manifest import read_manifest
+from datamodules.prepare.fsdd import DIGIT_WORDS
 from experiments.dump import dump_per_utterance
 from experiments.luise import (
     alignment_quality,
@@ -24,7 +26,7 @@ from experiments.luise import (
 from lit_modules.luise import LUISEModule
 from research.audio import load_audio
 from research.encoder import ConformerEncoder
-from research.probes import cluster_quality
+from research.probes import CTCProbeHead, cluster_quality, ctc_probe_error_rates
 from research.ssl.masking import MaskedFeatures, frames_fully_masked, span_mask
 from research.ssl.targets import (
     RandomProjectionQuantizer,
@@ -32,6 +34,7 @@ from research.ssl.targets import (
     masked_prediction_loss,
     stack_frames,
 )
+from research.text import CharVocabulary
 from research.tokenizer.quantizer import nearest_codes
 from tests.conftest import fit_on_batch
 
@@ -183,6 +186,34 @@ def test_cluster_quality_by_hand():
     assert cluster_quality(torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 1, 1]))["pnmi"] == pytest.approx(
         0.0
     )
+
+
+def spelled_features(text: str, vocab: CharVocabulary) -> torch.Tensor:
+    """Two frames per character: its one-hot, and a flag on the first frame (so repeated letters stay apart)."""
+    frames = []
+    for char_id in vocab.encode(text):
+        frame = torch.zeros(len(vocab) + 1)
+        frame[char_id] = 1.0
+        frames += [torch.cat([frame[:-1], torch.ones(1)]), frame]
+    return torch.stack(frames)
+
+
+def test_ctc_probe_reads_what_the_features_spell_and_not_noise():
+    vocab, rng = CharVocabulary(), random.Random(0)
+    texts = [" ".join(rng.choice(DIGIT_WORDS) for _ in range(rng.randint(1, 3))) for _ in range(48)]
+    spelled = [(spelled_features(t, vocab), t) for t in texts]
+    noise = [(torch.randn_like(f), t) for f, t in spelled]
+    probe = dict(steps=150, hidden=32, lr=1e-2)
+    assert ctc_probe_error_rates(spelled[:40], spelled[40:], **probe)["cer"] < 0.1
+    assert ctc_probe_error_rates(noise[:40], noise[40:], **probe)["cer"] > 0.5
+
+
+def test_ctc_probe_head_ignores_padding():
+    torch.manual_seed(0)
+    head = CTCProbeHead(8, 5, hidden=4)
+    feats = torch.randn(2, 7, 8)
+    batched = head(feats, torch.tensor([7, 4]))
+    assert torch.allclose(batched[1, :4], head(feats[1:, :4], torch.tensor([4]))[0], atol=1e-6)
 
 
 def test_layer_probe_gives_one_row_per_layer(tiny_data_dir):
