@@ -1,11 +1,15 @@
 import math
+from functools import partial
 
+import pytest
 import torch
 
+from lit_modules.ctc_asr import CTCASRModule
 from research.asr.ctc import ConformerCTC
 from research.encoder import ConformerEncoder, conformer_layer
 from research.features import LogMel
 from research.text import CharVocabulary, ctc_greedy_decode
+from tests.conftest import fit_on_batch
 
 
 def tiny_model(**kwargs) -> ConformerCTC:
@@ -87,3 +91,30 @@ def test_ctc_loss_falls_when_overfitting_one_batch():
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_sft_freezes_the_encoder_for_its_first_steps_and_scales_its_learning_rate(speech_batch):
+    batch = {**speech_batch, "text": ["zero", "three", "five", "eight"]}
+
+    def fitted(max_steps: int) -> tuple[CTCASRModule, dict]:
+        torch.manual_seed(0)
+        module = CTCASRModule(
+            net=tiny_model(),
+            optimizer=partial(torch.optim.AdamW, lr=1e-3),
+            freeze_encoder_steps=2,
+            encoder_lr_scale=0.25,
+        )
+        start = {name: value.clone() for name, value in module.net.state_dict().items()}
+        fit_on_batch(module, batch, max_steps=max_steps, names=())
+        return module, start
+
+    def moved(module: CTCASRModule, start: dict, prefix: str) -> bool:
+        state = module.net.state_dict()
+        return any(not torch.equal(state[name], start[name]) for name in start if name.startswith(prefix))
+
+    frozen, start = fitted(2)
+    assert moved(frozen, start, "head.") and not moved(frozen, start, "encoder.")
+    thawed, start = fitted(3)
+    assert moved(thawed, start, "encoder.")
+    head_group, encoder_group = thawed.trainer.optimizers[0].param_groups
+    assert encoder_group["lr"] == pytest.approx(0.25 * head_group["lr"])

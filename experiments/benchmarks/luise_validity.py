@@ -1,6 +1,6 @@
 """Research validity of LUISE at CPU size: does pretraining help, and do iteration-2 labels carry more content?
 
-    python -m experiments.benchmarks.luise_validity [--pretrain-steps 1000] [--sft-steps 600] [--out DIR]
+    python -m experiments.benchmarks.luise_validity [--pretrain-steps 2000] [--iter2-steps 1000] [--sft-steps 600]
 
 Runs the LUISE pipeline (`experiments.luise_pipeline`, resumable: an interrupted benchmark picks up where it
 stopped) on LibriSpeech excerpts + connected FSDD digits: iteration 1 (random-projection labels), per-layer probe,
@@ -60,13 +60,17 @@ def label_quality(out: Path, data_dir: Path, k: int, seed: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--pretrain-steps", type=int, default=1000, help="steps of each pretraining iteration"
-    )
+    parser.add_argument("--pretrain-steps", type=int, default=2000, help="steps of iteration 1")
+    parser.add_argument("--iter2-steps", type=int, default=1000, help="steps of iteration 2")
     parser.add_argument("--sft-steps", type=int, default=600, help="CTC fine-tuning steps of both arms")
     parser.add_argument("--sft-fraction", type=float, default=0.1)
     parser.add_argument("--k", type=int, default=100)
-    parser.add_argument("--iter2-init-from-iter1", action="store_true")
+    parser.add_argument(
+        "--iter2-init",
+        choices=["iter1", "fresh"],
+        default="iter1",
+        help="iteration 2 starts from iteration 1 or anew",
+    )
     parser.add_argument("--sft-overrides", nargs="*", default=[], help="Hydra overrides for both SFT arms")
     parser.add_argument("--probe-steps", type=int, default=200)
     parser.add_argument("--probe-train-limit", type=int, default=200)
@@ -77,8 +81,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "luise_validity")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    steps = args.pretrain_steps
-    pretrain = [f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(1, steps // 2)}"]
+
+    def pretrain(steps: int) -> list[str]:
+        return [f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(1, steps // 2)}"]
+
     run_pipeline(
         [
             "--out",
@@ -91,10 +97,10 @@ def main(argv: list[str] | None = None) -> dict:
             str(args.probe_steps),
             "--probe-train-limit",
             str(args.probe_train_limit),
-            *(["--iter2-init-from-iter1"] if args.iter2_init_from_iter1 else []),
+            *(["--iter2-init-from-iter1"] if args.iter2_init == "iter1" else []),
             "--common",
             f"seed={args.seed}",
-            *("--iter1", *pretrain, "--iter2", *pretrain),
+            *("--iter1", *pretrain(args.pretrain_steps), "--iter2", *pretrain(args.iter2_steps)),
             "--sft",
             f"data.train_fraction={args.sft_fraction}",
             f"trainer.max_steps={args.sft_steps}",
