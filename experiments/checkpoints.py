@@ -32,6 +32,22 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
+def submodule_config(path: Path, checkpoint: dict[str, Any], key: str) -> dict:
+    """The config that builds `model.<key>`. A part that was itself loaded from an earlier checkpoint (LUISE
+    iteration 2 started from iteration 1) is followed back to the config that built it, so that overrides apply to
+    the module's own arguments rather than to the loader's."""
+    config = checkpoint["voxlab_config"]["model"]
+    for part in key.split("."):
+        if not isinstance(config, dict) or part not in config:
+            raise KeyError(f"{path}: the model config has no '{key}'")
+        config = config[part]
+    if config.get("_target_") != f"{__name__}.load_submodule":
+        return config
+    earlier = resolve_checkpoint(config.get("ckpt_path"), config.get("run_id"), config.get("which", "last"))
+    built = submodule_config(earlier, load_checkpoint(earlier), config["key"])
+    return {**built, **(config.get("config_overrides") or {})}
+
+
 def load_submodule(
     key: str,
     *,
@@ -44,12 +60,9 @@ def load_submodule(
     `config_overrides` change arguments that hold no weights (SpecAugment, dropout for fine-tuning)."""
     path = resolve_checkpoint(ckpt_path, run_id, which)
     checkpoint = load_checkpoint(path)
-    config = checkpoint["voxlab_config"]["model"]
-    for part in key.split("."):
-        if not isinstance(config, dict) or part not in config:
-            raise KeyError(f"{path}: the model config has no '{key}'")
-        config = config[part]
-    module = instantiate({**config, **(config_overrides or {})}, _convert_="all")
+    module = instantiate(
+        {**submodule_config(path, checkpoint, key), **(config_overrides or {})}, _convert_="all"
+    )
     prefix = f"{key}."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     module.load_state_dict(state)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +70,8 @@ class Pipeline:
         cfg.tags = {"mlflow.parentRunId": self.parent, f"{tracking.TAG_PREFIX}pipeline_stage": name}
 
         def run() -> dict:
+            # a rerun's checkpoints would be saved beside the stale ones as last-v1.ckpt, and last.ckpt read back
+            shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
             metrics = train(cfg)
             ckpt = output_dir / "checkpoints" / "last.ckpt"
             return {"ckpt": str(ckpt), "run_id": resumed_run_id(str(ckpt)), "metrics": metrics}

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from datamodules.manifest import read_manifest
 from datamodules.prepare.fsdd import DIGIT_WORDS
+from experiments.checkpoints import load_submodule
 from experiments.dump import dump_per_utterance
 from experiments.luise import (
     alignment_quality,
@@ -26,6 +27,7 @@ from experiments.luise import (
 from lit_modules.luise import LUISEModule
 from research.audio import load_audio
 from research.encoder import ConformerEncoder
+from research.features import SpecAugment
 from research.probes import CTCProbeHead, cluster_quality, ctc_probe_error_rates
 from research.ssl.masking import MaskedFeatures, frames_fully_masked, span_mask
 from research.ssl.targets import (
@@ -410,3 +412,12 @@ def test_pipeline_links_its_stages_and_skips_finished_ones(tiny_data_dir, mlflow
     assert pipeline([*args, "--k", "5", "--iter2-init-from-iter1"]) == 0
     out = capsys.readouterr().out
     assert "[iter1] done already" in out and "[labels] running" in out and "[iter2] running" in out
+    # SFT rebuilds iteration 2's encoder (built by the loader from iteration 1) with SpecAugment switched on
+    iter2 = json.loads((tmp_path / "pipeline" / "stages" / "iter2.json").read_text())
+    spec_augment = {"freq_masks": 1, "freq_width": 4, "time_masks": 1, "time_width": 4}
+    encoder = load_submodule(
+        "encoder", ckpt_path=iter2["ckpt"], config_overrides={"spec_augment": spec_augment}
+    )
+    assert isinstance(encoder.spec_augment, SpecAugment)
+    state = torch.load(iter2["ckpt"], weights_only=False)["state_dict"]
+    assert torch.equal(encoder.subsampling.proj.weight, state["encoder.subsampling.proj.weight"])
