@@ -24,6 +24,12 @@ def bag_of_codes(codes: torch.Tensor, size: int) -> torch.Tensor:
     return torch.bincount(codes.reshape(-1), minlength=size).float() / max(1, codes.numel())
 
 
+def train_statistics(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std of the training features: probes standardise with them, so that their fixed
+    budget does not depend on the features' scale."""
+    return frames.mean(0), frames.std(0).clamp_min(1e-6)
+
+
 def linear_probe_accuracy(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -38,7 +44,7 @@ def linear_probe_accuracy(
     """Accuracy on the test set of a softmax-regression probe fitted (full batch, Adam) on the train set; features
     are standardised with train statistics so the probe's budget does not depend on their scale."""
     generator = torch.Generator().manual_seed(seed)
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    mean, std = train_statistics(train_x)
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     classes = int(max(train_y.max(), test_y.max())) + 1
     weight = (torch.randn(train_x.shape[1], classes, generator=generator) * 0.01).requires_grad_()
@@ -109,8 +115,7 @@ def ctc_probe_error_rates(
         torch.manual_seed(seed)
         head = CTCProbeHead(train[0][0].shape[1], len(vocab), hidden)
     optimizer = torch.optim.Adam(head.parameters(), lr=lr)
-    frames = torch.cat([f.float() for f, _ in train])
-    mean, std = frames.mean(0), frames.std(0).clamp_min(1e-6)
+    mean, std = train_statistics(torch.cat([f.float() for f, _ in train]))
 
     def padded(items):
         feats = torch.nn.utils.rnn.pad_sequence(
