@@ -254,6 +254,31 @@ def write_labels(
     return written
 
 
+def kmeans_labels(
+    encoder: ConformerEncoder,
+    manifests: list[str | Path],
+    layer: int,
+    k: int,
+    out_dir: Path,
+    *,
+    fit_utterances: int = 300,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> tuple[Path, dict[str, Path]]:
+    """Fit k-means on `layer` and label every manifest into `out_dir` (centroids.pt + write_labels' folders).
+    Resumable: the dump keeps the labels it finds, so `out_dir` must be named by everything that changes them
+    (source encoder, layer, k, seed); a resumed run reads the saved centroids back.
+    Returns (centroids path, {manifest path: labelled manifest path})."""
+    centroids_path = out_dir / "centroids.pt"
+    if centroids_path.is_file():
+        centroids = torch.load(centroids_path)
+    else:
+        centroids = fit_kmeans(encoder, manifests, layer, k, utterances=fit_utterances, seed=seed)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(centroids, centroids_path)
+    return centroids_path, write_labels(encoder, manifests, layer, centroids, out_dir, batch_size=batch_size)
+
+
 # --- command line ------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.luise", description=__doc__.split("\n")[0])
@@ -311,16 +336,16 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(
         args.out_dir or data / "luise_labels" / config_hash([source, args.layer, args.k, args.seed])
     )
-    centroids_path = out_dir / "centroids.pt"
-    if centroids_path.is_file():  # a resumed run labels with the same centroids
-        centroids = torch.load(centroids_path)
-    else:
-        centroids = fit_kmeans(
-            encoder, args.manifests, args.layer, args.k, utterances=args.fit_utterances, seed=args.seed
-        )
-        out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(centroids, centroids_path)
-    write_labels(encoder, args.manifests, args.layer, centroids, out_dir, batch_size=args.batch_size)
+    kmeans_labels(
+        encoder,
+        args.manifests,
+        args.layer,
+        args.k,
+        out_dir,
+        fit_utterances=args.fit_utterances,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
     print(f"train with: experiment=ssl/luise_iter2 labels_dir={out_dir} model.num_labels={args.k}")
     return 0
 

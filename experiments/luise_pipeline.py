@@ -19,7 +19,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from hydra import compose, initialize_config_module
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
@@ -29,11 +28,10 @@ from experiments.checkpoints import load_submodule
 from experiments.luise import (
     best_layer,
     config_hash,
-    fit_kmeans,
     format_table,
+    kmeans_labels,
     log_probe_to_mlflow,
     probe_layers,
-    write_labels,
 )
 from experiments.train import resumed_run_id, train
 
@@ -154,17 +152,16 @@ def main(argv: list[str] | None = None) -> int:
         args.digits / "train.jsonl",
         args.digits / "val.jsonl",
     ]
-    labels_dir = args.out / "labels"
+    # the dump keeps labels it finds (resumable): a folder per setting, or another layer's labels would be reused
+    labels_dir = args.out / "labels" / config_hash({"iter1": iter1["hash"], "layer": layer, "k": args.k})
 
     def make_labels() -> dict:
         encoder = load_submodule("encoder", ckpt_path=iter1["ckpt"])
-        centroids = fit_kmeans(encoder, manifests, layer, args.k)
-        written = write_labels(encoder, manifests, layer, centroids, labels_dir)
-        torch.save(centroids, labels_dir / "centroids.pt")
+        centroids, written = kmeans_labels(encoder, manifests, layer, args.k, labels_dir)
         return {
             "layer": layer,
             "labels_dir": str(labels_dir),
-            "centroids": str(labels_dir / "centroids.pt"),
+            "centroids": str(centroids),
             "manifests": {k: str(v) for k, v in written.items()},
         }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -412,6 +413,12 @@ def test_pipeline_links_its_stages_and_skips_finished_ones(tiny_data_dir, mlflow
     assert pipeline([*args, "--k", "5", "--iter2-init-from-iter1"]) == 0
     out = capsys.readouterr().out
     assert "[iter1] done already" in out and "[labels] running" in out and "[iter2] running" in out
+    # the resumable dump must not keep the k=4 labels: each setting labels into its own folder
+    relabelled = json.loads((tmp_path / "pipeline" / "stages" / "labels.json").read_text())
+    assert relabelled["labels_dir"] != labels["labels_dir"]
+    train_labels = read_manifest(relabelled["manifests"][str(digits / "train.jsonl")])
+    new_dir = Path(relabelled["labels_dir"]).resolve()
+    assert all(new_dir in train_labels.resolve(r["kmeans_labels"]).parents for r in train_labels.rows)
     # SFT rebuilds iteration 2's encoder (built by the loader from iteration 1) with SpecAugment switched on
     iter2 = json.loads((tmp_path / "pipeline" / "stages" / "iter2.json").read_text())
     spec_augment = {"freq_masks": 1, "freq_width": 4, "time_masks": 1, "time_width": 4}

@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sft-fraction", type=float, default=0.1)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument(
+        "--layer", type=int, help="iteration-1 layer for k-means (default: chosen by the pipeline)"
+    )
+    parser.add_argument(
         "--iter2-init",
         choices=["iter1", "fresh"],
         default="iter1",
@@ -98,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
             "--probe-train-limit",
             str(args.probe_train_limit),
             *(["--iter2-init-from-iter1"] if args.iter2_init == "iter1" else []),
+            *(["--layer", str(args.layer)] if args.layer is not None else []),
             "--common",
             f"seed={args.seed}",
             *("--iter1", *pretrain(args.pretrain_steps), "--iter2", *pretrain(args.iter2_steps)),
