@@ -43,11 +43,17 @@ class Pipeline:
         self.done: dict[str, dict] = {}
 
     def stage(
-        self, name: str, settings: dict, run: Callable[[], dict], outputs: Callable[[dict], list[Path]]
+        self,
+        name: str,
+        settings: dict,
+        run: Callable[[], dict],
+        outputs: Callable[[dict], list[Path]],
+        reads: tuple[str, ...] = (),
     ):
-        """Run `run` (returns the stage record) unless a record with the same hash exists with its outputs."""
+        """Run `run` (returns the stage record) unless a record with the same hash exists with its outputs. The
+        hash covers `settings` and the hashes of the stages it `reads`, so a change reruns only what depends on it."""
         record_path = self.out / "stages" / f"{name}.json"
-        digest = config_hash({"settings": settings, "upstream": {k: v["hash"] for k, v in self.done.items()}})
+        digest = config_hash({"settings": settings, "upstream": {k: self.done[k]["hash"] for k in reads}})
         if record_path.is_file():
             record = json.loads(record_path.read_text())
             if record["hash"] == digest and all(Path(p).exists() for p in outputs(record)):
@@ -60,7 +66,7 @@ class Pipeline:
         self.done[name] = record
         return record
 
-    def train_stage(self, name: str, overrides: list[str]) -> dict:
+    def train_stage(self, name: str, overrides: list[str], reads: tuple[str, ...] = ()) -> dict:
         output_dir = self.out / name
         with initialize_config_module(config_module="experiments.configs", version_base="1.3"):
             cfg = compose("train", overrides=[*overrides, f"paths.output_dir={output_dir}"])
@@ -74,10 +80,11 @@ class Pipeline:
             ckpt = output_dir / "checkpoints" / "last.ckpt"
             return {"ckpt": str(ckpt), "run_id": resumed_run_id(str(ckpt)), "metrics": metrics}
 
-        return self.stage(name, settings, run, lambda record: [Path(record["ckpt"])])
+        return self.stage(name, settings, run, lambda record: [Path(record["ckpt"])], reads)
 
 
-def probe_stage(pipeline: Pipeline, name: str, trained: dict, args) -> dict:
+def probe_stage(pipeline: Pipeline, name: str, trained_stage: str, args) -> dict:
+    trained = pipeline.done[trained_stage]
     settings = {
         "steps": args.probe_steps,
         "train_limit": args.probe_train_limit,
@@ -101,7 +108,7 @@ def probe_stage(pipeline: Pipeline, name: str, trained: dict, args) -> dict:
             log_probe_to_mlflow(trained["run_id"], rows)
         return {"rows": rows, "best_layer": best_layer(rows)}
 
-    return pipeline.stage(name, settings, run, lambda record: [])
+    return pipeline.stage(name, settings, run, lambda record: [], reads=(trained_stage,))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = Pipeline(args.out, parent.info.run_id)
 
     iter1 = pipeline.train_stage("iter1", ["experiment=ssl/luise_iter1", *common, *args.iter1])
-    probe1 = probe_stage(pipeline, "probe1", iter1, args)
+    probe1 = probe_stage(pipeline, "probe1", "iter1", args)
     layer = args.layer if args.layer is not None else probe1["best_layer"]
     manifests = args.label_manifests or [
         args.data_dir / "librispeech_unlabeled" / "all.jsonl",
@@ -170,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         {"layer": layer, "k": args.k},
         make_labels,
         lambda r: [Path(r["centroids"]), *map(Path, r["manifests"].values())],
+        reads=("iter1",) if args.layer is not None else ("iter1", "probe1"),
     )
     # the encoder's config node is replaced, not merged into (Hydra's struct mode refuses new keys)
     init = (
@@ -188,12 +196,15 @@ def main(argv: list[str] | None = None) -> int:
         *common,
         *args.iter2,
     ]
-    iter2 = pipeline.train_stage("iter2", iter2_overrides)
-    probe_stage(pipeline, "probe2", iter2, args)
+    iter2 = pipeline.train_stage(
+        "iter2", iter2_overrides, reads=("labels", "iter1") if args.iter2_init_from_iter1 else ("labels",)
+    )
+    probe_stage(pipeline, "probe2", "iter2", args)
     if args.sft is not None:
         pipeline.train_stage(
             "sft",
             ["experiment=ssl/luise_sft", f"model.net.encoder.ckpt_path={iter2['ckpt']}", *common, *args.sft],
+            reads=("iter2",),
         )
         if args.sft_baseline:
             # the same encoder and data from random initialisation, with the CTC baseline's recipe

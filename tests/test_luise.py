@@ -428,3 +428,24 @@ def test_pipeline_links_its_stages_and_skips_finished_ones(tiny_data_dir, mlflow
     assert isinstance(encoder.spec_augment, SpecAugment)
     state = torch.load(iter2["ckpt"], weights_only=False)["state_dict"]
     assert torch.equal(encoder.subsampling.proj.weight, state["encoder.subsampling.proj.weight"])
+
+
+def test_pipeline_stage_reruns_only_when_what_it_reads_changed(tmp_path):
+    from experiments.luise_pipeline import Pipeline
+
+    runs = []
+
+    def run_all(first_setting: int) -> None:
+        pipeline = Pipeline(tmp_path, parent_run_id="parent")
+        for name, settings, reads in (
+            ("first", {"value": first_setting}, ()),
+            ("reader", {}, ("first",)),
+            ("independent", {}, ()),
+        ):
+            pipeline.stage(name, settings, lambda name=name: runs.append(name) or {}, lambda r: [], reads)
+
+    run_all(1)
+    run_all(1)
+    assert runs == ["first", "reader", "independent"]
+    run_all(2)
+    assert runs[3:] == ["first", "reader"]
