@@ -106,7 +106,7 @@ def probe_stage(pipeline: Pipeline, name: str, trained_stage: str, args) -> dict
         print(format_table(rows))
         if trained.get("run_id"):
             log_probe_to_mlflow(trained["run_id"], rows)
-        return {"rows": rows, "best_layer": best_layer(rows)}
+        return {"rows": rows}  # the best layer is derived from the rows where needed, so it follows the rule
 
     return pipeline.stage(name, settings, run, lambda record: [], reads=(trained_stage,))
 
@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m experiments.luise_pipeline", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--out", type=Path, default=tracking.ROOT / "runs" / "luise_pipeline")
-    parser.add_argument("--layer", type=int, help="iteration-1 layer for k-means (default: best probe layer)")
+    parser.add_argument(
+        "--layer", type=int, help="iteration-1 layer for k-means (default: the probe's best layer)"
+    )
     parser.add_argument("--k", type=int, default=100, help="k-means clusters = iteration-2 labels")
     parser.add_argument("--iter2-init-from-iter1", action="store_true", help="else iteration 2 starts fresh")
     parser.add_argument("--probe-steps", type=int, default=300)
@@ -153,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
 
     iter1 = pipeline.train_stage("iter1", ["experiment=ssl/luise_iter1", *common, *args.iter1])
     probe1 = probe_stage(pipeline, "probe1", "iter1", args)
-    layer = args.layer if args.layer is not None else probe1["best_layer"]
+    layer = (
+        args.layer if args.layer is not None else best_layer(probe1["rows"])
+    )  # the rule, not a stale record
     manifests = args.label_manifests or [
         args.data_dir / "librispeech_unlabeled" / "all.jsonl",
         args.digits / "train.jsonl",

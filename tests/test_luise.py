@@ -236,6 +236,12 @@ def test_layer_probe_gives_one_row_per_layer(tiny_data_dir):
         assert row["wer"] >= 0 and 0 <= row["pnmi"] <= 1 and 0 < row["cluster_purity"] <= 1
     assert best_layer(rows) in (0, 1, 2)
     assert best_layer([{"layer": 0, "wer": 0.5}, {"layer": 1, "wer": 0.2}, {"layer": 2, "wer": 0.9}]) == 1
+    aligned = [
+        {"layer": 0, "wer": 0.3, "pnmi": 0.2},
+        {"layer": 1, "wer": 0.5, "pnmi": 0.4},
+        {"layer": 2, "wer": 0.6, "pnmi": 0.3},
+    ]
+    assert best_layer(aligned) == 1  # PNMI decides where the rows have it
 
 
 def test_label_quality_against_the_digit_alignment(tiny_data_dir):
