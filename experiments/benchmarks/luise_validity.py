@@ -5,8 +5,8 @@
 
 Runs the LUISE pipeline (`experiments.luise_pipeline`, resumable: an interrupted benchmark picks up where it
 stopped) on LibriSpeech excerpts + connected FSDD digits: iteration 1 (random-projection labels), per-layer probe,
-k-means labels from the best layer (highest PNMI), iteration 2 (from iteration 1 at a quarter of the LR), probe, then CTC fine-tuning on a seeded 10% of the connected-digit
-training utterances, and the same encoder from random initialisation at equal fine-tuning steps. Reports:
+k-means labels from the best layer (highest PNMI), iteration 2 (from iteration 1 at a quarter of the LR), probe,
+then CTC fine-tuning on a seeded 10% of the connected-digit training utterances, and the same encoder from random initialisation at equal fine-tuning steps. Reports:
 1. WER after fine-tuning, pretrained vs random initialisation (seen speakers; held-out speaker) -> pretrained lower;
 2. the per-layer probe table of each iteration;
 3. purity / PNMI of the labels against the digit alignment of the connected-digit test set: iteration-1
