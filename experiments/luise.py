@@ -4,10 +4,9 @@
     python -m experiments.luise labels --run-id <luise run> --layer 3  # k-means labels beside the manifests
 
 `probe` logs its table, a plot and `probe/*` metrics (step = layer) to the encoder's MLflow run when given a run id,
-and names the best layer (highest PNMI, else lowest probe WER). `labels` fits k-means on a sample of that
-layer's frames and writes
-`<out-dir>/<manifest folder>/<stem>_kmeans_labels.jsonl` per manifest (resumable, progress bar), then prints the
-overrides of `experiment=ssl/luise_iter2`.
+and names the best layer (highest PNMI, else lowest probe WER). `labels` fits k-means on a sample of that layer's
+frames and writes `<out-dir>/<manifest folder>/<stem>_kmeans_labels.jsonl` per manifest (resumable, progress bar),
+then prints the overrides of `experiment=ssl/luise_iter2`.
 """
 
 from __future__ import annotations

@@ -155,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     iter1 = pipeline.train_stage("iter1", ["experiment=ssl/luise_iter1", *common, *args.iter1])
     probe1 = probe_stage(pipeline, "probe1", "iter1", args)
-    layer = (
-        args.layer if args.layer is not None else best_layer(probe1["rows"])
-    )  # the rule, not a stale record
+    layer = args.layer if args.layer is not None else best_layer(probe1["rows"])
     manifests = args.label_manifests or [
         args.data_dir / "librispeech_unlabeled" / "all.jsonl",
         args.digits / "train.jsonl",
