@@ -55,9 +55,12 @@ def load_submodule(
     run_id: str | None = None,
     which: str = "last",
     config_overrides: dict | None = None,
+    train: bool = False,
 ) -> nn.Module:
     """Rebuild `model.<key>` (e.g. "codec", "net.encoder") from a checkpoint's config and load its weights;
-    `config_overrides` change arguments that hold no weights (SpecAugment, dropout for fine-tuning)."""
+    `config_overrides` change arguments that hold no weights (SpecAugment, dropout for fine-tuning). The module
+    comes in eval mode for inference; `train=True` for a part that goes on training (fine-tuning, LUISE
+    iteration 2), whose dropout and SpecAugment act only in train mode, which Lightning does not set for it."""
     path = resolve_checkpoint(ckpt_path, run_id, which)
     checkpoint = load_checkpoint(path)
     module = instantiate(
@@ -66,7 +69,7 @@ def load_submodule(
     prefix = f"{key}."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     module.load_state_dict(state)
-    return module.eval()
+    return module.train(train)
 
 
 def encoder_teacher(

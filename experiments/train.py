@@ -18,6 +18,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from experiments import tracking
 from lit_modules.artifacts import find_mlflow_logger
@@ -98,6 +99,21 @@ def record_checkpoints(trainer: L.Trainer, mlflow_logger) -> None:
             mlflow_logger.experiment.set_tag(mlflow_logger.run_id, f"{tracking.TAG_PREFIX}{key}", str(value))
 
 
+def check_training_modes(model: nn.Module) -> None:
+    """Refuse a module in eval mode that holds trainable weights: Lightning keeps each submodule's mode, so a part
+    loaded for inference and then trained would silently lose its dropout and SpecAugment."""
+    stuck = [
+        name
+        for name, module in model.named_modules()
+        if not module.training and any(p.requires_grad for p in module.parameters(recurse=False))
+    ]
+    if stuck:
+        raise ValueError(
+            f"modules in eval mode with trainable parameters: {', '.join(stuck[:5])}"
+            f"{' ...' if len(stuck) > 5 else ''}; build them in train mode or freeze them (requires_grad_(False))"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) the configured experiment; returns the final metrics."""
     L.seed_everything(cfg.seed, workers=True)
@@ -113,6 +129,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         tracking.record_run(mlflow_logger, cfg, tags)
 
     if cfg.get("train", True):
+        check_training_modes(model)
         # Our checkpoints carry RNG states and the config; they are trusted, so no weights-only unpickling.
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

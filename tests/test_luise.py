@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from datamodules.manifest import read_manifest
 from datamodules.prepare.fsdd import DIGIT_WORDS
-from experiments.checkpoints import load_submodule
 from experiments.dump import dump_per_utterance
 from experiments.luise import (
     alignment_quality,
@@ -425,13 +424,23 @@ def test_pipeline_links_its_stages_and_skips_finished_ones(tiny_data_dir, mlflow
     train_labels = read_manifest(relabelled["manifests"][str(digits / "train.jsonl")])
     new_dir = Path(relabelled["labels_dir"]).resolve()
     assert all(new_dir in train_labels.resolve(r["kmeans_labels"]).parents for r in train_labels.rows)
-    # SFT rebuilds iteration 2's encoder (built by the loader from iteration 1) with SpecAugment switched on
+    # SFT (its experiment config) rebuilds iteration 2's encoder, itself built by the loader from iteration 1,
+    # with SpecAugment on and in train mode (Lightning leaves a loaded eval-mode part without dropout/SpecAugment)
+    from hydra import compose, initialize_config_module
+    from hydra.utils import instantiate
+
+    from experiments.train import check_training_modes
+
     iter2 = json.loads((tmp_path / "pipeline" / "stages" / "iter2.json").read_text())
-    spec_augment = {"freq_masks": 1, "freq_width": 4, "time_masks": 1, "time_width": 4}
-    encoder = load_submodule(
-        "encoder", ckpt_path=iter2["ckpt"], config_overrides={"spec_augment": spec_augment}
-    )
-    assert isinstance(encoder.spec_augment, SpecAugment)
+    with initialize_config_module(config_module="experiments.configs", version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=["experiment=ssl/luise_sft", f"model.net.encoder.ckpt_path={iter2['ckpt']}"],
+        )
+    sft = instantiate(cfg.model)
+    encoder = sft.net.encoder
+    assert isinstance(encoder.spec_augment, SpecAugment) and encoder.spec_augment.training
+    check_training_modes(sft)
     state = torch.load(iter2["ckpt"], weights_only=False)["state_dict"]
     assert torch.equal(encoder.subsampling.proj.weight, state["encoder.subsampling.proj.weight"])
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from torch import nn
 
 from experiments.eval import evaluate
-from experiments.train import train
+from experiments.train import check_training_modes, train
 from tests.conftest import tiny_overrides
 
 
@@ -106,3 +108,13 @@ def test_eval_from_run_id_links_to_the_training_run(tiny_data_dir, tmp_path, mlf
     assert {"test/wer", "test_heldout/wer"} <= set(metrics)
     _, (eval_run,) = runs_of(mlflow_store, "eval")
     assert eval_run.data.tags["voxlab.evaluates_run"] == training_run.info.run_id
+
+
+def test_training_refuses_a_trainable_part_left_in_eval_mode():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1), nn.Linear(2, 2))
+    check_training_modes(model)
+    model[2].eval()  # as a part loaded for inference, then fine-tuned, would be
+    with pytest.raises(ValueError, match="modules in eval mode with trainable parameters: 2"):
+        check_training_modes(model)
+    model[2].requires_grad_(False)  # a frozen part (a teacher) may stay in eval mode
+    check_training_modes(model)
