@@ -1,7 +1,8 @@
 """CTC speech recognition: training, greedy decoding, WER/CER on validation and every test set.
 
 Also the fine-tuning stage for pretrained encoders (LUISE SFT): `encoder_lr_scale` scales the encoder's learning
-rate and `freeze_encoder_steps` keeps it frozen for the first N optimizer steps.
+rate, `freeze_encoder_steps` keeps it frozen for the first N optimizer steps and `reset_encoder_layers`
+re-initialises its top layers.
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ class CTCASRModule(PerTestSetEvaluation, L.LightningModule):
         scheduler: dict | None = None,
         encoder_lr_scale: float = 1.0,
         freeze_encoder_steps: int = 0,
+        reset_encoder_layers: int = 0,
         log_examples: int = 4,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer"])
         self.net = net
+        self.net.encoder.reset_top_layers(reset_encoder_layers)
         self.optimizer_factory = optimizer
         self.scheduler = scheduler or {}
         self.val_metrics = self.make_metrics()

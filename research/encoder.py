@@ -124,6 +124,20 @@ class ConformerEncoder(nn.Module):
     def num_layers(self) -> int:
         return len(self.conformer.conformer_layers)
 
+    def reset_top_layers(self, count: int) -> None:
+        """Re-initialise the last `count` Conformer layers: before fine-tuning a pretrained encoder on little data,
+        the top layers, specialised to the pretext targets, may serve better fresh (Pasad et al., 2021)."""
+        if not 0 <= count <= self.num_layers:
+            raise ValueError(f"cannot reset {count} of {self.num_layers} layers")
+        for layer in self.conformer.conformer_layers[self.num_layers - count :]:
+            for module in layer.modules():
+                # nn.MultiheadAttention names its initialiser _reset_parameters
+                reset = getattr(module, "reset_parameters", None) or getattr(
+                    module, "_reset_parameters", None
+                )
+                if module is not layer and callable(reset):
+                    reset()
+
     def forward(
         self, audio: torch.Tensor, audio_lens: torch.Tensor, *, output_layers: bool = False
     ) -> EncoderOutput:

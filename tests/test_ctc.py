@@ -118,3 +118,20 @@ def test_sft_freezes_the_encoder_for_its_first_steps_and_scales_its_learning_rat
     assert moved(thawed, start, "encoder.")
     head_group, encoder_group = thawed.trainer.optimizers[0].param_groups
     assert encoder_group["lr"] == pytest.approx(0.25 * head_group["lr"])
+
+
+def test_sft_can_reset_the_top_encoder_layers():
+    net = tiny_model()
+    with torch.no_grad():
+        for value in net.parameters():
+            value.fill_(0.5)  # as trained weights: no initialiser draws this
+    before = {name: value.clone() for name, value in net.encoder.state_dict().items()}
+    CTCASRModule(net=net, optimizer=partial(torch.optim.AdamW, lr=1e-3), reset_encoder_layers=1)
+    changed = {
+        name for name, value in net.encoder.state_dict().items() if not torch.equal(value, before[name])
+    }
+    top = "conformer.conformer_layers.1."
+    assert {name for name in before if name.startswith(top)} <= changed  # every weight of the last layer anew
+    assert all(name.startswith(top) for name in changed)  # nothing below it moves
+    with pytest.raises(ValueError, match="cannot reset 3 of 2 layers"):
+        net.encoder.reset_top_layers(3)
