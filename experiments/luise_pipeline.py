@@ -111,6 +111,12 @@ def probe_stage(pipeline: Pipeline, name: str, trained_stage: str, args) -> dict
     return pipeline.stage(name, settings, run, lambda record: [], reads=(trained_stage,))
 
 
+def sft_seeds(extra: list[int]) -> list[tuple[str, list[str]]]:
+    """(stage-name suffix, overrides) of each SFT repetition: the configured seed, then one per extra seed (which
+    also draws another training subset, so a spread over seeds covers data, initialisation and order)."""
+    return [("", []), *((f"_seed{seed}", [f"seed={seed}"]) for seed in extra)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.luise_pipeline", description=__doc__.split("\n")[0]
@@ -137,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--sft-baseline", action="store_true", help="also fine-tune the encoder from random initialisation"
+    )
+    parser.add_argument(
+        "--sft-seeds", nargs="*", type=int, default=[], help="repeat SFT (and its baseline) with these seeds"
     )
     args = parser.parse_args(argv)
     args.digits = args.data_dir / "connected_digits"
@@ -185,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     init = (
         [
             "~model.encoder",
-            f"+model.encoder={{_target_: experiments.checkpoints.load_submodule, key: encoder, ckpt_path: {iter1['ckpt']}}}",
+            f"+model.encoder={{_target_: experiments.checkpoints.load_submodule, key: encoder, ckpt_path: {iter1['ckpt']}, train: true}}",
         ]
         if args.iter2_init_from_iter1
         else []
@@ -203,15 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     probe_stage(pipeline, "probe2", "iter2", args)
     if args.sft is not None:
-        pipeline.train_stage(
-            "sft",
-            ["experiment=ssl/luise_sft", f"model.net.encoder.ckpt_path={iter2['ckpt']}", *common, *args.sft],
-            reads=("iter2",),
-        )
-        if args.sft_baseline:
-            # the same encoder and data from random initialisation, with the CTC baseline's recipe
-            scratch = ["experiment=asr/ctc_digits", "task_name=luise", *common, *args.sft]
-            pipeline.train_stage("sft_scratch", scratch)
+        for suffix, reseed in sft_seeds(args.sft_seeds):
+            sft = [*common, *args.sft, *reseed]
+            pipeline.train_stage(
+                f"sft{suffix}",
+                ["experiment=ssl/luise_sft", f"model.net.encoder.ckpt_path={iter2['ckpt']}", *sft],
+                reads=("iter2",),
+            )
+            if args.sft_baseline:
+                # the same encoder and data from random initialisation, with the CTC baseline's recipe
+                pipeline.train_stage(
+                    f"sft_scratch{suffix}", ["experiment=asr/ctc_digits", "task_name=luise", *sft]
+                )
     client.log_dict(parent.info.run_id, pipeline.done, "stages.json")
     client.set_terminated(parent.info.run_id)
     print(f"pipeline run {parent.info.run_id}: stages {', '.join(pipeline.done)}")

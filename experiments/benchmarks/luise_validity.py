@@ -1,12 +1,14 @@
 """Research validity of LUISE at CPU size: does pretraining help, and do iteration-2 labels carry more content?
 
     python -m experiments.benchmarks.luise_validity [--pretrain-steps 2000] [--iter2-steps 1000] [--sft-steps 600]
-        [--layer L] [--iter2-lr 5e-4] [--iter2-init iter1|fresh]
+        [--layer L] [--iter2-lr 5e-4] [--iter2-init iter1|fresh] [--sft-seeds 1 2]
 
 Runs the LUISE pipeline (`experiments.luise_pipeline`, resumable: an interrupted benchmark picks up where it
 stopped) on LibriSpeech excerpts + connected FSDD digits: iteration 1 (random-projection labels), per-layer probe,
 k-means labels from the best layer (highest PNMI), iteration 2 (from iteration 1 at a quarter of the LR), probe,
-then CTC fine-tuning on a seeded 10% of the connected-digit training utterances, and the same encoder from random initialisation at equal fine-tuning steps. Reports:
+then CTC fine-tuning (top 2 encoder layers re-initialised) on a seeded 10% of the connected-digit training
+utterances, and the same encoder from random initialisation at equal fine-tuning steps (`--sft-seeds`: both arms
+again per extra seed, with mean and spread). Reports:
 1. WER after fine-tuning, pretrained vs random initialisation (seen speakers; held-out speaker) -> pretrained lower;
 2. the per-layer probe table of each iteration;
 3. purity / PNMI of the labels against the digit alignment of the connected-digit test set: iteration-1
@@ -33,6 +35,7 @@ from experiments.luise import (
     random_projection_labels,
 )
 from experiments.luise_pipeline import main as run_pipeline
+from experiments.luise_pipeline import sft_seeds
 from experiments.tracking import ROOT, tracking_uri
 from research.ssl.targets import RandomProjectionQuantizer
 
@@ -95,6 +98,13 @@ def main(argv: list[str] | None = None) -> dict:
         help="iteration 2 starts from iteration 1 or anew",
     )
     parser.add_argument("--sft-overrides", nargs="*", default=[], help="Hydra overrides for both SFT arms")
+    parser.add_argument(
+        "--sft-seeds",
+        nargs="*",
+        type=int,
+        default=[],
+        help="fine-tune both arms again with these seeds (about 13 min each) and report mean and spread",
+    )
     parser.add_argument("--probe-steps", type=int, default=200)
     parser.add_argument("--probe-train-limit", type=int, default=200)
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
@@ -133,23 +143,36 @@ def main(argv: list[str] | None = None) -> dict:
             "trainer.check_val_every_n_epoch=10",
             *args.sft_overrides,
             "--sft-baseline",
+            "--sft-seeds",
+            *map(str, args.sft_seeds),
         ]
     )
     pipeline_s = time.perf_counter() - start
     quality = label_quality(args.out, args.data_dir, args.k, args.seed)
 
     arms = (("pretrained", "sft"), ("random init", "sft_scratch"))
-    sft = {arm: stage(args.out, name)["metrics"] for arm, name in arms}
+    seeds = [args.seed, *args.sft_seeds]
+    runs = {
+        arm: {
+            seed: stage(args.out, f"{name}{suffix}")["metrics"]
+            for seed, (suffix, _) in zip(seeds, sft_seeds(args.sft_seeds), strict=True)
+        }
+        for arm, name in arms
+    }
+    sft = {arm: by_seed[args.seed] for arm, by_seed in runs.items()}
     lines = [
         f"\nCTC fine-tuning on {args.sft_fraction:.0%} of the connected-digit training data, {args.sft_steps} steps:",
-        "| encoder | WER seen | CER seen | WER held-out | CER held-out |",
-        "|---|---|---|---|---|",
+        "| encoder | seed | WER seen | CER seen | WER held-out | CER held-out |",
+        "|---|---|---|---|---|---|",
     ]
-    for arm, m in sft.items():
-        lines.append(
-            f"| {arm} | {m['test/wer']:.3f} | {m['test/cer']:.3f} | "
-            f"{m['test_heldout/wer']:.3f} | {m['test_heldout/cer']:.3f} |"
-        )
+    columns = ("test/wer", "test/cer", "test_heldout/wer", "test_heldout/cer")
+    for arm, by_seed in runs.items():
+        for seed, m in by_seed.items():
+            lines.append(f"| {arm} | {seed} | " + " | ".join(f"{m[c]:.3f}" for c in columns) + " |")
+        if len(by_seed) > 1:
+            values = {c: torch.tensor([m[c] for m in by_seed.values()]) for c in columns}
+            cells = " | ".join(f"{v.mean():.3f} ± {v.std():.3f}" for v in values.values())
+            lines.append(f"| **{arm}** | mean ± sd | {cells} |")
     curves = {arm: validation_wer(stage(args.out, name)["run_id"]) for arm, name in arms}
     lines += ["\nValidation WER (seen speakers) during fine-tuning:", "| step | " + " | ".join(curves) + " |"]
     lines.append("|---" * (len(curves) + 1) + "|")
@@ -178,6 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(report)
     result = {
         "sft": sft,
+        "sft_by_seed": runs,
         "validation_wer": curves,
         "label_quality": quality,
         "wall_s": round(wall, 1),
