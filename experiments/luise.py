@@ -112,7 +112,8 @@ def probe_layers(
 def best_layer(rows: list[dict]) -> int:
     """Highest PNMI where the rows have it (HuBERT picks its k-means layer so: the clusters are the next labels,
     and the probe's BiLSTM reads layer 0 as well as any), else lowest probe WER; ties go to the deeper layer.
-    Measured at CPU size: layer-3 labels (PNMI 0.311) fine-tuned to WER 0.176, layer-0 ones (best probe) 0.203."""
+    Measured at CPU size (before the SFT eval-mode fix): layer-3 labels (PNMI 0.311) fine-tuned to WER 0.176,
+    layer-0 ones (best probe) 0.203."""
     if all("pnmi" in r for r in rows):
         return max(rows, key=lambda r: (r["pnmi"], r["layer"]))["layer"]
     return max(rows, key=lambda r: (-r["wer"], r["layer"]))["layer"]

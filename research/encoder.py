@@ -135,7 +135,7 @@ class ConformerEncoder(nn.Module):
                 reset = getattr(module, "reset_parameters", None) or getattr(
                     module, "_reset_parameters", None
                 )
-                if module is not layer and callable(reset):
+                if callable(reset):
                     reset()
 
     def forward(
