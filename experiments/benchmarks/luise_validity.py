@@ -8,7 +8,7 @@ stopped) on LibriSpeech excerpts + connected FSDD digits: iteration 1 (random-pr
 k-means labels from the best layer (highest PNMI), iteration 2 (from iteration 1 at a quarter of the LR), probe,
 then CTC fine-tuning (top 2 encoder layers re-initialised) on a seeded 10% of the connected-digit training
 utterances, and the same encoder from random initialisation at equal fine-tuning steps (`--sft-seeds`: both arms
-again per extra seed, with mean and spread). Reports:
+again per extra seed, with mean, spread and the paired difference). Reports:
 1. WER after fine-tuning, pretrained vs random initialisation (seen speakers; held-out speaker) -> pretrained lower;
 2. the per-layer probe table of each iteration;
 3. purity / PNMI of the labels against the digit alignment of the connected-digit test set: iteration-1
@@ -73,6 +73,17 @@ def label_quality(out: Path, data_dir: Path, k: int, seed: int) -> list[dict]:
         {"labels": name, **alignment_quality(test, compute, rate, sample_rate)}
         for name, compute in sources.items()
     ]
+
+
+def mean_sd(rows: list[dict], columns) -> str:
+    """Table cells "mean ± sd" of each column over the rows (just the value for a single row)."""
+    cells = []
+    for column in columns:
+        values = torch.tensor([row[column] for row in rows])
+        cells.append(
+            f"{values.mean():.3f} ± {values.std():.3f}" if len(values) > 1 else f"{values.mean():.3f}"
+        )
+    return " | ".join(cells)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -152,13 +163,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     arms = (("pretrained", "sft"), ("random init", "sft_scratch"))
     seeds = [args.seed, *args.sft_seeds]
-    runs = {
+    stages = {
         arm: {
-            seed: stage(args.out, f"{name}{suffix}")["metrics"]
+            seed: stage(args.out, f"{name}{suffix}")
             for seed, (suffix, _) in zip(seeds, sft_seeds(args.sft_seeds), strict=True)
         }
         for arm, name in arms
     }
+    runs = {arm: {seed: s["metrics"] for seed, s in by_seed.items()} for arm, by_seed in stages.items()}
     sft = {arm: by_seed[args.seed] for arm, by_seed in runs.items()}
     lines = [
         f"\nCTC fine-tuning on {args.sft_fraction:.0%} of the connected-digit training data, {args.sft_steps} steps:",
@@ -169,15 +181,34 @@ def main(argv: list[str] | None = None) -> dict:
     for arm, by_seed in runs.items():
         for seed, m in by_seed.items():
             lines.append(f"| {arm} | {seed} | " + " | ".join(f"{m[c]:.3f}" for c in columns) + " |")
-        if len(by_seed) > 1:
-            values = {c: torch.tensor([m[c] for m in by_seed.values()]) for c in columns}
-            cells = " | ".join(f"{v.mean():.3f} ± {v.std():.3f}" for v in values.values())
-            lines.append(f"| **{arm}** | mean ± sd | {cells} |")
-    curves = {arm: validation_wer(stage(args.out, name)["run_id"]) for arm, name in arms}
-    lines += ["\nValidation WER (seen speakers) during fine-tuning:", "| step | " + " | ".join(curves) + " |"]
-    lines.append("|---" * (len(curves) + 1) + "|")
-    for step in sorted(set.intersection(*(set(c) for c in curves.values()))):
-        lines.append(f"| {step} | " + " | ".join(f"{c[step]:.3f}" for c in curves.values()) + " |")
+        if len(seeds) > 1:
+            lines.append(f"| **{arm}** | mean ± sd | {mean_sd(list(by_seed.values()), columns)} |")
+    if len(seeds) > 1:
+        # same seed = same training subset, head initialisation and batch order in both arms: compare in pairs
+        differences = [
+            {c: runs["pretrained"][seed][c] - runs["random init"][seed][c] for c in columns} for seed in seeds
+        ]
+        lines.append(f"| pretrained − random | mean ± sd | {mean_sd(differences, columns)} |")
+        wins = sum(d["test/wer"] < 0 for d in differences)
+        lines.append(f"\npretrained lower seen-speaker WER in {wins} of {len(seeds)} seeds")
+    curves = {
+        arm: {seed: validation_wer(s["run_id"]) for seed, s in by_seed.items()}
+        for arm, by_seed in stages.items()
+    }
+    # validation runs every 10 epochs, whose length in steps depends on the seed's subset: align by count
+    points = [sorted(c.items()) for by_seed in curves.values() for c in by_seed.values()]
+    lines += [
+        f"\nValidation WER (seen speakers) during fine-tuning, mean ± sd over {len(seeds)} seed(s):",
+        "| step (mean) | " + " | ".join(curves) + " |",
+        "|---" * (len(curves) + 1) + "|",
+    ]
+    for index in range(min(map(len, points))):
+        step = sum(p[index][0] for p in points) / len(points)
+        cells = (
+            mean_sd([{"wer": sorted(c.items())[index][1]} for c in by_seed.values()], ["wer"])
+            for by_seed in curves.values()
+        )
+        lines.append(f"| {step:.0f} | " + " | ".join(cells) + " |")
     for number in (1, 2):
         probe = stage(args.out, f"probe{number}")
         lines += [
@@ -202,7 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "sft": sft,
         "sft_by_seed": runs,
-        "validation_wer": curves,
+        "validation_wer": {arm: by_seed[args.seed] for arm, by_seed in curves.items()},
+        "validation_wer_by_seed": curves,
         "label_quality": quality,
         "wall_s": round(wall, 1),
         "table": report,
