@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
 
 from datamodules.manifest import read_manifest
 from datamodules.prepare.fsdd import DIGIT_WORDS
@@ -24,6 +26,7 @@ from experiments.luise import (
     random_projection_labels,
     write_labels,
 )
+from experiments.train import check_training_modes
 from lit_modules.luise import LUISEModule
 from research.audio import load_audio
 from research.encoder import ConformerEncoder
@@ -426,11 +429,6 @@ def test_pipeline_links_its_stages_and_skips_finished_ones(tiny_data_dir, mlflow
     assert all(new_dir in train_labels.resolve(r["kmeans_labels"]).parents for r in train_labels.rows)
     # SFT (its experiment config) rebuilds iteration 2's encoder, itself built by the loader from iteration 1,
     # with SpecAugment on and in train mode (Lightning leaves a loaded eval-mode part without dropout/SpecAugment)
-    from hydra import compose, initialize_config_module
-    from hydra.utils import instantiate
-
-    from experiments.train import check_training_modes
-
     iter2 = json.loads((tmp_path / "pipeline" / "stages" / "iter2.json").read_text())
     with initialize_config_module(config_module="experiments.configs", version_base="1.3"):
         cfg = compose(

@@ -75,15 +75,10 @@ def label_quality(out: Path, data_dir: Path, k: int, seed: int) -> list[dict]:
     ]
 
 
-def mean_sd(rows: list[dict], columns) -> str:
-    """Table cells "mean ± sd" of each column over the rows (just the value for a single row)."""
-    cells = []
-    for column in columns:
-        values = torch.tensor([row[column] for row in rows])
-        cells.append(
-            f"{values.mean():.3f} ± {values.std():.3f}" if len(values) > 1 else f"{values.mean():.3f}"
-        )
-    return " | ".join(cells)
+def mean_sd(values: list[float]) -> str:
+    """A table cell "mean ± sd" (just the value when there is one)."""
+    values = torch.tensor(values)
+    return f"{values.mean():.3f} ± {values.std():.3f}" if len(values) > 1 else f"{values.mean():.3f}"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -182,33 +177,33 @@ def main(argv: list[str] | None = None) -> dict:
         for seed, m in by_seed.items():
             lines.append(f"| {arm} | {seed} | " + " | ".join(f"{m[c]:.3f}" for c in columns) + " |")
         if len(seeds) > 1:
-            lines.append(f"| **{arm}** | mean ± sd | {mean_sd(list(by_seed.values()), columns)} |")
+            cells = " | ".join(mean_sd([m[c] for m in by_seed.values()]) for c in columns)
+            lines.append(f"| **{arm}** | mean ± sd | {cells} |")
     if len(seeds) > 1:
         # same seed = same training subset, head initialisation and batch order in both arms: compare in pairs
-        differences = [
-            {c: runs["pretrained"][seed][c] - runs["random init"][seed][c] for c in columns} for seed in seeds
-        ]
-        lines.append(f"| pretrained − random | mean ± sd | {mean_sd(differences, columns)} |")
-        wins = sum(d["test/wer"] < 0 for d in differences)
+        differences = {
+            c: [runs["pretrained"][seed][c] - runs["random init"][seed][c] for seed in seeds] for c in columns
+        }
+        cells = " | ".join(mean_sd(values) for values in differences.values())
+        lines.append(f"| pretrained − random | mean ± sd | {cells} |")
+        wins = sum(d < 0 for d in differences["test/wer"])
         lines.append(f"\npretrained lower seen-speaker WER in {wins} of {len(seeds)} seeds")
     curves = {
         arm: {seed: validation_wer(s["run_id"]) for seed, s in by_seed.items()}
         for arm, by_seed in stages.items()
     }
     # validation runs every 10 epochs, whose length in steps depends on the seed's subset: align by count
-    points = [sorted(c.items()) for by_seed in curves.values() for c in by_seed.values()]
+    series = {arm: [sorted(c.items()) for c in by_seed.values()] for arm, by_seed in curves.items()}
+    every_run = [run for runs_of_arm in series.values() for run in runs_of_arm]
     lines += [
         f"\nValidation WER (seen speakers) during fine-tuning, mean ± sd over {len(seeds)} seed(s):",
         "| step (mean) | " + " | ".join(curves) + " |",
         "|---" * (len(curves) + 1) + "|",
     ]
-    for index in range(min(map(len, points))):
-        step = sum(p[index][0] for p in points) / len(points)
-        cells = (
-            mean_sd([{"wer": sorted(c.items())[index][1]} for c in by_seed.values()], ["wer"])
-            for by_seed in curves.values()
-        )
-        lines.append(f"| {step:.0f} | " + " | ".join(cells) + " |")
+    for index in range(min(map(len, every_run))):
+        step = sum(run[index][0] for run in every_run) / len(every_run)
+        cells = " | ".join(mean_sd([run[index][1] for run in runs_of_arm]) for runs_of_arm in series.values())
+        lines.append(f"| {step:.0f} | {cells} |")
     for number in (1, 2):
         probe = stage(args.out, f"probe{number}")
         lines += [
