@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from lit_modules.optim import optimizers_with_schedule
+from lit_modules.steps import empty_batch_loss
 from research.encoder import SUBSAMPLING, ConformerEncoder
 from research.features import lengths_to_mask
 from research.ssl.masking import MaskedFeatures, frames_fully_masked, span_mask
@@ -84,6 +85,8 @@ class LUISEModule(L.LightningModule):
         return labels[..., None], batch[f"{field}_lens"].clamp_max(frames)
 
     def masked_step(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        # Masks (and noise fill) are drawn per item from this rank's RNG: rank-local by design, as each rank masks
+        # its own utterances. Only the targets must agree across ranks, and the quantizer draws from its own seed.
         feats, lens = self.encoder.features(batch["audio"], batch["audio_lens"])
         mask = span_mask(
             lens,
@@ -116,9 +119,9 @@ class LUISEModule(L.LightningModule):
             sync_dist=prefix != "train",
         )
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if batch["audio"].shape[0] == 0:  # every item of the batch was bad audio
-            return None
+            return empty_batch_loss(self)
         values = self.masked_step(batch)
         self.log_step("train", values, batch["audio"].shape[0])
         return values["loss"]

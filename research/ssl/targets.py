@@ -43,10 +43,14 @@ class RandomProjectionQuantizer(nn.Module):
 
     @torch.no_grad()
     def forward(self, stacked: torch.Tensor) -> torch.Tensor:
-        """(B, T, input_dim) -> labels (B, T, num_codebooks), int64."""
-        projected = F.normalize(torch.einsum("btf,cfd->btcd", stacked.float(), self.projection), dim=-1)
-        # nearest unit vector = largest cosine
-        return torch.einsum("btcd,ckd->btck", projected, self.codebooks).argmax(-1)
+        """(B, T, input_dim) -> labels (B, T, num_codebooks), int64. Always in float32, also under autocast:
+        bf16 rounding of the projection or the cosines flips the argmax of near-ties (a few % of the labels),
+        so the targets would depend on the precision setting of the run."""
+        with torch.autocast(device_type=stacked.device.type, enabled=False):
+            projection, codebooks = self.projection.float(), self.codebooks.float()
+            projected = F.normalize(torch.einsum("btf,cfd->btcd", stacked.float(), projection), dim=-1)
+            # nearest unit vector = largest cosine
+            return torch.einsum("btcd,ckd->btck", projected, codebooks).argmax(-1)
 
 
 class MultiSoftmaxHead(nn.Module):

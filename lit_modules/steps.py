@@ -1,0 +1,21 @@
+"""Step helpers shared by the LightningModules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+def empty_batch_loss(parameters: nn.Module | Iterable[nn.Parameter]) -> torch.Tensor:
+    """A zero loss connected to every trainable parameter, for a batch with nothing to train on (every item was
+    skipped as bad audio). Returning None instead skips this rank's backward: under DDP the other ranks then wait
+    forever in the gradient all-reduce. With this loss every rank takes the same backward and optimizer step, this
+    one contributing zero gradients. Pass a module or, for one optimizer of several, its parameters."""
+    if isinstance(parameters, nn.Module):
+        parameters = parameters.parameters()
+    trainable = [p for p in parameters if p.requires_grad]
+    if not trainable:  # nothing to train (all frozen): still a loss that backward accepts
+        return torch.zeros((), requires_grad=True)
+    return sum((p.sum() * 0.0 for p in trainable[1:]), trainable[0].sum() * 0.0)
