@@ -7,6 +7,7 @@ re-initialises its top layers.
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from typing import Any
 
@@ -19,6 +20,7 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 from lit_modules.artifacts import log_audio, log_figure, log_text
 from lit_modules.evaluation import PerTestSetEvaluation
 from lit_modules.optim import optimizers_with_schedule
+from lit_modules.steps import empty_batch_loss
 from research.asr.ctc import ConformerCTC
 from research.text import ctc_greedy_decode
 
@@ -46,6 +48,7 @@ class CTCASRModule(PerTestSetEvaluation, L.LightningModule):
         self.val_metrics = self.make_metrics()
         self.test_metrics = nn.ModuleList()
         self.first_val_batch: dict[str, Any] | None = None
+        self.skipped_too_short = 0  # training utterances left out of the loss on this rank since (re)start
 
     @staticmethod
     def make_metrics() -> nn.ModuleDict:
@@ -59,13 +62,27 @@ class CTCASRModule(PerTestSetEvaluation, L.LightningModule):
         frozen = self.global_step < self.hparams.freeze_encoder_steps
         self.net.encoder.requires_grad_(not frozen)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if batch["audio"].shape[0] == 0:  # every item of the batch was bad audio
-            return None
+            return empty_batch_loss(self)
         log_probs, lens = self(batch["audio"], batch["audio_lens"])
-        loss = self.net.loss(log_probs, lens, batch["text"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["text"]))
+        loss, skipped = self.net.loss_and_skipped(log_probs, lens, batch["text"])
+        self.count_too_short(batch, skipped)
+        self.log("train/loss", loss, prog_bar=True, batch_size=max(1, int((~skipped).sum())))
         return loss
+
+    def count_too_short(self, batch: dict, skipped: torch.Tensor) -> None:
+        """Warns about, and counts in `train/skipped_too_short` (this rank's total), the utterances left out of
+        the loss because they have fewer encoder frames than their transcripts need."""
+        if skipped.any():
+            ids = [batch["id"][i] for i in skipped.nonzero()[:, 0].tolist()] if "id" in batch else []
+            self.skipped_too_short += int(skipped.sum())
+            warnings.warn(
+                f"left {int(skipped.sum())} utterance(s) out of the CTC loss, too short for their transcripts: "
+                f"{', '.join(map(str, ids))}",
+                stacklevel=2,
+            )
+        self.log("train/skipped_too_short", float(self.skipped_too_short), batch_size=len(batch["text"]))
 
     # --- evaluation -------------------------------------------------------------------------------------------
     def evaluate(
@@ -75,8 +92,10 @@ class CTCASRModule(PerTestSetEvaluation, L.LightningModule):
         hypotheses = ctc_greedy_decode(log_probs, lens, self.net.vocab)
         references = [self.net.vocab.normalize(t) for t in batch["text"]]
         size = len(references)
-        loss = self.net.loss(log_probs, lens, batch["text"])
-        self.log(f"{prefix}/loss", loss, batch_size=size, sync_dist=True, add_dataloader_idx=False)
+        loss, skipped = self.net.loss_and_skipped(log_probs, lens, batch["text"])
+        if not skipped.all():
+            kept = int((~skipped).sum())
+            self.log(f"{prefix}/loss", loss, batch_size=kept, sync_dist=True, add_dataloader_idx=False)
         for name, metric in metrics.items():
             metric.update(hypotheses, references)
             self.log(
