@@ -8,24 +8,52 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_modules.artifacts import find_mlflow_logger
 
 
+def rng_states() -> dict[str, Any]:
+    """This process's RNG states (torch, numpy, python, cuda), as tensors, tuples and plain values only, so that a
+    checkpoint holding them opens with `torch.load(weights_only=True)` (numpy's state allow-listed)."""
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def gather_rng_states() -> list[dict[str, Any]]:
+    """Every rank's RNG states, indexed by rank (a collective under torch.distributed: call on every rank)."""
+    own = rng_states()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [own]
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, own)
+    return gathered
+
+
 class ResumeState(L.Callback):
-    """Makes `ckpt_path=` resumption exact and traceable: stores RNG states (dropout, augmentation), the MLflow run
-    id and the resolved config in every checkpoint, and restores the RNG states on load."""
+    """Makes `ckpt_path=` resumption exact and traceable: stores the RNG states (dropout, augmentation, masking) of
+    every rank, the MLflow run id and the resolved config in every checkpoint, and restores each rank's own RNG
+    states on load (rank 0's, with a warning, when the number of ranks changed).
+
+    Lightning builds the checkpoint on every rank (and writes rank 0's), so the gather runs on all of them."""
 
     def __init__(self, config: dict | None = None):
         self.config = config
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint["rng_states"] = {
-            "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
+        checkpoint["rng_states"] = gather_rng_states()
         mlflow_logger = find_mlflow_logger(trainer.loggers)
         if mlflow_logger is not None:
             checkpoint["mlflow_run_id"] = mlflow_logger.run_id
@@ -36,11 +64,16 @@ class ResumeState(L.Callback):
         states = checkpoint.get("rng_states")
         if not states:
             return
-        torch.set_rng_state(states["torch"])
-        np.random.set_state(states["numpy"])
-        random.setstate(states["python"])
-        if states["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
+        if isinstance(states, dict):  # written before per-rank states: the saving rank's only
+            states = [states]
+        rank, world_size = trainer.global_rank, trainer.world_size
+        if len(states) != world_size:
+            rank_zero_warn(
+                f"checkpoint holds the RNG states of {len(states)} rank(s), this run has {world_size}: "
+                "every rank restores rank 0's, so resumption is not exact"
+            )
+            rank = 0
+        set_rng_states(states[rank])
 
 
 class SkippedAudioCounter(L.Callback):
