@@ -13,17 +13,16 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
-import numpy as np
-import torch
-
-from experiments.checkpoints import encoder_teacher
-from experiments.dump import dump_per_utterance
-from research.tokenizer.teachers import FrozenTeacher, HuggingFaceTeacher
+from experiments.core.cli import add_checkpoint_source, run_command
 
 
-def feature_batch(teacher: FrozenTeacher, sample_rate: int):
-    def compute(audio: torch.Tensor, lens: torch.Tensor) -> list[np.ndarray]:
+def feature_batch(teacher, sample_rate: int):
+    """Teacher features per utterance, (frames, dim) float16, trimmed to its length."""
+    import numpy as np
+
+    def compute(audio, lens) -> list:
         features = teacher.features({"audio": audio, "audio_lens": lens})
         frames = [min(features.shape[1], math.ceil(int(n) / sample_rate * teacher.frame_rate)) for n in lens]
         return [features[i, :f].numpy().astype(np.float16) for i, f in enumerate(frames)]
@@ -36,21 +35,25 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m experiments.teacher_features", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--manifest", required=True)
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = add_checkpoint_source(parser, "a speech encoder's training run (CTC recogniser, LUISE)")
     source.add_argument("--hf-model", help="transformers HuBERT / WavLM / wav2vec2 directory")
-    source.add_argument("--ckpt", help="voxlab checkpoint of a speech encoder (CTC recogniser, LUISE)")
-    source.add_argument("--run-id", help="MLflow run id of such a training run")
     parser.add_argument("--layer", default="avg", help="hidden-state index or 'avg'")
     parser.add_argument("--column", default="teacher_features")
     parser.add_argument("--sample-rate", type=int, default=16000)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    from experiments.core.checkpoints import encoder_teacher, resolve_checkpoint
+    from experiments.core.dumps import checkpoint_source, dump_per_utterance
+    from research.tokenizer.teachers import HuggingFaceTeacher
+
     layer = args.layer if args.layer == "avg" else int(args.layer)
     if args.hf_model:
         teacher = HuggingFaceTeacher(model_dir=args.hf_model, layer=layer, sample_rate=args.sample_rate)
+        source = {"hf_model": str(Path(args.hf_model).resolve()), "layer": layer}
     else:
         teacher = encoder_teacher(ckpt_path=args.ckpt, run_id=args.run_id, layer=layer)
+        source = checkpoint_source(resolve_checkpoint(args.ckpt, args.run_id), layer=layer)
     result = dump_per_utterance(
         args.manifest,
         column=args.column,
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         overwrite=args.overwrite,
         desc="teacher features",
+        made_by=source,
     )
     print(
         f"{result.written} extracted, {result.reused} already there, {len(result.failed)} failed -> {result.out_dir}"
@@ -72,4 +76,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

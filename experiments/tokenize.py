@@ -17,66 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from experiments.checkpoints import load_submodule
-from experiments.dump import DumpResult, dump_per_utterance, manifest_of_files
-from research.audio import BadAudioError, load_audio, write_audio
-from research.tokenizer.codec import SpeechTokenizerCodec
-
-
-def load_codec(ckpt: str | None = None, run_id: str | None = None) -> SpeechTokenizerCodec:
-    return load_submodule("codec", ckpt_path=ckpt, run_id=run_id)
-
-
-def encode_batch(codec: SpeechTokenizerCodec, n_q: int | None):
-    def compute(audio: torch.Tensor, lens: torch.Tensor) -> list[np.ndarray]:
-        codes = codec.encode(audio, n_q)  # (n_q, B, frames)
-        frames = [codec.frames(int(n)) for n in lens]
-        return [codes[:, i, :f].T.numpy().astype(np.int16) for i, f in enumerate(frames)]
-
-    return compute
-
-
-def encode(
-    codec: SpeechTokenizerCodec,
-    *,
-    manifest: str | None = None,
-    audio: list[str] | None = None,
-    out_dir: str | None = None,
-    out_manifest: str | None = None,
-    column: str = "codes",
-    n_q: int | None = None,
-    batch_size: int = 8,
-    overwrite: bool = False,
-) -> DumpResult:
-    if bool(manifest) == bool(audio):
-        raise ValueError("give either a manifest or audio files")
-    if audio and not out_dir:
-        raise ValueError("encoding audio files needs an output folder (--out-dir)")
-    return dump_per_utterance(
-        manifest or manifest_of_files(audio),
-        column=column,
-        compute=encode_batch(codec, n_q),
-        rate=codec.frame_rate,
-        sample_rate=codec.sample_rate,
-        out_dir=out_dir,
-        out_manifest=out_manifest,
-        batch_size=batch_size,
-        overwrite=overwrite,
-        desc="encoding",
-    )
-
-
-def decode_file(codec: SpeechTokenizerCodec, codes_path: str, levels: int | None = None) -> torch.Tensor:
-    codes = np.load(codes_path)
-    if codes.ndim != 2 or codes.shape[1] > codec.n_q:
-        raise ValueError(
-            f"{codes_path}: expected (frames, n_q <= {codec.n_q}) codes, got shape {codes.shape}"
-        )
-    codes = torch.from_numpy(codes.astype(np.int64)).T[:levels, None, :]  # (n, 1, frames)
-    return codec.decode(codes)[0]
+from experiments.core.cli import UserError, add_checkpoint_source, run_command
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -91,9 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ("convert", "voice conversion: RVQ-1 of --content with RVQ-2..n of --voice"),
     ]:
         command = commands.add_parser(name, help=help_text)
-        source = command.add_mutually_exclusive_group(required=True)
-        source.add_argument("--ckpt", help="tokenizer checkpoint written by experiments.train")
-        source.add_argument("--run-id", help="MLflow run id of a tokenizer training run")
+        add_checkpoint_source(command, "a tokenizer training run")
         if name == "encode":
             command.add_argument("--manifest", help="encode every row; writes <stem>_codes.jsonl beside it")
             command.add_argument("--audio", nargs="+", help="audio files (codes go to --out-dir)")
@@ -121,42 +60,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.command == "encode" and bool(args.manifest) == bool(args.audio):
+        raise UserError("give either --manifest or --audio")
+    if args.command == "encode" and args.audio and not args.out_dir:
+        raise UserError("encoding audio files needs an output folder (--out-dir)")
+    from experiments.core.tokens import codec_source, decode_file, encode, load_codec
+    from research.audio import load_audio, write_audio
+
     codec = load_codec(args.ckpt, args.run_id)
     rate = codec.sample_rate
-    try:
-        if args.command == "encode":
-            result = encode(
-                codec,
-                manifest=args.manifest,
-                audio=args.audio,
-                out_dir=args.out_dir,
-                out_manifest=args.out_manifest,
-                column=args.column,
-                n_q=args.levels,
-                batch_size=args.batch_size,
-                overwrite=args.overwrite,
-            )
-            print(
-                f"{result.written} encoded, {result.reused} already there, {len(result.failed)} failed -> {result.out_dir}"
-            )
-            if result.manifest:
-                print(f"manifest: {result.manifest}")
-            for path, reason in result.failed:
-                print(f"FAILED {path}: {reason}", file=sys.stderr)
-            return 2 if result.failed else 0
-        if args.command == "decode":
-            wave = decode_file(codec, args.codes, args.levels)
-        elif args.command == "resynth":
-            wave = codec.resynthesize(load_audio(args.audio, sample_rate=rate)[None], args.levels)[0]
-        else:
-            content, voice = (load_audio(p, sample_rate=rate)[None] for p in (args.content, args.voice))
-            wave = codec.convert_voice(content, voice)[0]
-    except BadAudioError as error:
-        print(f"FAILED {error}", file=sys.stderr)
-        return 2
+    if args.command == "encode":
+        result = encode(
+            codec,
+            manifest=args.manifest,
+            audio=args.audio,
+            out_dir=args.out_dir,
+            out_manifest=args.out_manifest,
+            column=args.column,
+            n_q=args.levels,
+            batch_size=args.batch_size,
+            overwrite=args.overwrite,
+            source=codec_source(args.ckpt, args.run_id, levels=args.levels),
+        )
+        print(
+            f"{result.written} encoded, {result.reused} kept, {len(result.failed)} failed -> {result.out_dir}"
+        )
+        if result.manifest:
+            print(f"manifest: {result.manifest}")
+        for path, reason in result.failed:
+            print(f"FAILED {path}: {reason}", file=sys.stderr)
+        return 2 if result.failed else 0
+    if args.command == "decode":
+        wave = decode_file(codec, args.codes, args.levels)
+    elif args.command == "resynth":
+        wave = codec.resynthesize(load_audio(args.audio, sample_rate=rate)[None], args.levels)[0]
+    else:
+        content, voice = (load_audio(p, sample_rate=rate)[None] for p in (args.content, args.voice))
+        wave = codec.convert_voice(content, voice)[0]
     print(f"wrote {write_audio(Path(args.out), wave, rate)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

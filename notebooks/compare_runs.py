@@ -16,7 +16,7 @@
 # %% [markdown]
 # # Compare runs of an experiment
 # Lists the MLflow runs of one experiment, plots a metric against a swept parameter, picks the best run and
-# shows its artifacts. The logic lives in `experiments.compare`; runs come from `MLFLOW_TRACKING_URI` or the
+# shows its artifacts. The logic lives in `experiments.core.compare`; runs come from `MLFLOW_TRACKING_URI` or the
 # repository's `mlflow.db`. Make some with a sweep, e.g.
 # `python -m experiments.train -m experiment=asr/ctc_digits model.optimizer.lr=1e-3,3e-3`.
 
@@ -26,7 +26,7 @@ import os
 
 from IPython.display import Audio, Image, display
 
-from experiments import compare
+from experiments.core import compare
 
 EXPERIMENT = os.environ.get("VOXLAB_EXPERIMENT", "asr_ctc_digits")
 METRIC = os.environ.get("VOXLAB_METRIC", "val/wer")

@@ -17,7 +17,7 @@
 # # Explore speech tokens
 # Encode connected-digit utterances with a trained SpeechTokenizer, look at the codes per level and codebook
 # usage, listen to resynthesis from the first k levels and to voice conversion (RVQ-1 of one speaker with
-# RVQ-2..n of another), and line RVQ-1 tokens up with the spoken digits. Logic lives in `experiments.tokens`.
+# RVQ-2..n of another), and line RVQ-1 tokens up with the spoken digits. Logic lives in `experiments.core.tokens`.
 # The tokenizer is `VOXLAB_TOKENIZER_CKPT`, else `VOXLAB_TOKENIZER_RUN`, else the newest tokenizer run in MLflow
 # (`python -m experiments.train experiment=tokenizer/cpu model.teacher.run_id=<CTC run>` makes one).
 
@@ -27,9 +27,9 @@ import os
 
 from IPython.display import Audio, display
 
-from experiments import tokens
-from experiments.tokenize import load_codec
-from experiments.tracking import ROOT
+from experiments.core import tokens
+from experiments.core.tokens import load_codec
+from experiments.core.tracking import ROOT
 
 CKPT = os.environ.get("VOXLAB_TOKENIZER_CKPT")
 RUN_ID = None if CKPT else os.environ.get("VOXLAB_TOKENIZER_RUN") or tokens.latest_tokenizer_run()

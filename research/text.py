@@ -1,10 +1,11 @@
-"""Character vocabulary for CTC: blank at index 0, then space, apostrophe and a-z."""
+"""Character vocabulary for CTC (blank at index 0, then space, apostrophe and a-z), and the spoken digit words."""
 
 from __future__ import annotations
 
 import torch
 
 CHARACTERS = " 'abcdefghijklmnopqrstuvwxyz"
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 class CharVocabulary:

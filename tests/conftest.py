@@ -12,7 +12,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from torch.utils.data import DataLoader, Dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,12 +79,9 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
 @pytest.fixture
 def compose_config():
     """compose_config(overrides, config_name="train") -> DictConfig, the way the entry points see it."""
+    from experiments.core.compose import compose_config
 
-    def _compose(overrides: list[str], config_name: str = "train"):
-        with initialize_config_module(config_module="experiments.configs", version_base="1.3"):
-            return compose(config_name=config_name, overrides=overrides)
-
-    return _compose
+    return compose_config
 
 
 def run_python_module(module: str, args: list[str], env: dict | None = None, timeout: int = 600):
@@ -221,15 +217,13 @@ def tiny_tokenizer_overrides(data_dir: Path, output_dir: Path, teacher_ckpt: Pat
 @pytest.fixture(scope="session")
 def tiny_ctc_checkpoint(tiny_data_dir, tmp_path_factory) -> Path:
     """A 4-step CTC digit recogniser: the semantic teacher of the tiny tokenizer runs."""
-    from experiments.train import train
+    from experiments.core.compose import compose_config
+    from experiments.core.runner import train
 
     out = tmp_path_factory.mktemp("ctc_teacher")
-    with initialize_config_module(config_module="experiments.configs", version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=tiny_overrides(tiny_data_dir, out, "trainer.max_steps=4", "test=false", "logger=none"),
-        )
-    train(cfg)
+    train(
+        compose_config(tiny_overrides(tiny_data_dir, out, "trainer.max_steps=4", "test=false", "logger=none"))
+    )
     return out / "checkpoints" / "last.ckpt"
 
 
@@ -239,17 +233,15 @@ def tiny_tokenizer_run(tiny_data_dir, tiny_ctc_checkpoint, tmp_path_factory) -> 
     tokenize tool and the notebook use it): {"uri", "run_id", "ckpt", "data_dir", "metrics"}."""
     from mlflow.tracking import MlflowClient
 
-    from experiments.train import train
+    from experiments.core.compose import compose_config
+    from experiments.core.runner import train
 
     root = tmp_path_factory.mktemp("tokenizer")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
-        with initialize_config_module(config_module="experiments.configs", version_base="1.3"):
-            cfg = compose(
-                "train", overrides=tiny_tokenizer_overrides(tiny_data_dir, root / "run", tiny_ctc_checkpoint)
-            )
+        cfg = compose_config(tiny_tokenizer_overrides(tiny_data_dir, root / "run", tiny_ctc_checkpoint))
         metrics = train(cfg)
     finally:
         if previous is None:

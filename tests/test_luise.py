@@ -11,27 +11,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
 from datamodules.manifest import read_manifest
-from datamodules.prepare.fsdd import DIGIT_WORDS
-from experiments.dump import dump_per_utterance
-from experiments.luise import (
-    alignment_quality,
-    best_layer,
-    digit_alignment,
-    fit_kmeans,
-    probe_layers,
-    random_projection_labels,
-    write_labels,
-)
-from experiments.train import check_training_modes
+from experiments.core.checkpoints import load_checkpoint, load_submodule
+from experiments.core.compose import compose_config
+from experiments.core.dumps import dump_per_utterance
+from experiments.core.luise import alignment_quality, fit_kmeans, probe_manifests, write_labels
+from experiments.core.runner import check_training_modes
 from lit_modules.luise import LUISEModule
 from research.audio import load_audio
 from research.encoder import ConformerEncoder
 from research.features import SpecAugment
 from research.probes import CTCProbeHead, cluster_quality, ctc_probe_error_rates
+from research.ssl.labels import random_projection_labels
+from research.ssl.layer_probe import SILENCE, best_layer, digit_alignment, probe_layers
 from research.ssl.masking import MaskedFeatures, frames_fully_masked, span_mask
 from research.ssl.targets import (
     RandomProjectionQuantizer,
@@ -39,7 +33,7 @@ from research.ssl.targets import (
     masked_prediction_loss,
     stack_frames,
 )
-from research.text import CharVocabulary
+from research.text import DIGIT_WORDS, CharVocabulary
 from research.tokenizer.quantizer import nearest_codes
 from tests.conftest import fit_on_batch
 
@@ -221,22 +215,34 @@ def test_ctc_probe_head_ignores_padding():
     assert torch.allclose(batched[1, :4], head(feats[1:, :4], torch.tensor([4]))[0], atol=1e-6)
 
 
-def test_layer_probe_gives_one_row_per_layer(tiny_data_dir):
+def test_layer_probe_finds_the_layer_that_encodes_the_digits():
+    """Layer 1 holds a one-hot code of the aligned digit, layer 0 noise: the cluster scores must say so."""
+    generator = torch.Generator().manual_seed(0)
+
+    def utterance(words: list[str]) -> tuple[dict, list[torch.Tensor]]:
+        segments = [[0.1 + 0.5 * i, 0.5 + 0.5 * i, w] for i, w in enumerate(words)]
+        frames = int((0.1 + 0.5 * len(words)) * 25)
+        reference = digit_alignment(segments, frames, 25.0)
+        digits = F.one_hot(reference, SILENCE + 1).float() * 5 + 0.01 * torch.randn(frames, SILENCE + 1)
+        noise = torch.randn(frames, SILENCE + 1, generator=generator)
+        return {"text": " ".join(words), "segments": segments}, [noise, digits]
+
+    words = [[DIGIT_WORDS[(i + j) % 10] for j in range(3)] for i in range(10)]
+    data = [utterance(w) for w in words]
+    rows = probe_layers(data, data, frame_rate=25.0, steps=2, clusters=11, hidden=0)
+    assert [r["layer"] for r in rows] == [0, 1]
+    assert rows[1]["cluster_purity"] == pytest.approx(1.0) and rows[1]["pnmi"] > 0.95
+    assert rows[0]["pnmi"] < 0.3
+    assert best_layer(rows) == 1
+
+
+def test_layer_probe_over_manifests_gives_one_row_per_layer(tiny_data_dir):
     digits = tiny_data_dir / "connected_digits"
     torch.manual_seed(0)
-    rows = probe_layers(
-        tiny_encoder(),
-        digits / "train.jsonl",
-        digits / "val.jsonl",
-        train_limit=16,
-        test_limit=8,
-        steps=3,
-        clusters=4,
-    )
+    settings = dict(train_limit=16, test_limit=8, steps=3, clusters=4)
+    rows = probe_manifests(tiny_encoder(), digits / "train.jsonl", digits / "val.jsonl", **settings)
     assert [r["layer"] for r in rows] == [0, 1, 2]
-    for row in rows:
-        assert row["wer"] >= 0 and 0 <= row["pnmi"] <= 1 and 0 < row["cluster_purity"] <= 1
-    assert best_layer(rows) in (0, 1, 2)
+    assert {"wer", "cer", "pnmi", "cluster_purity"} <= set(rows[0])
     assert best_layer([{"layer": 0, "wer": 0.5}, {"layer": 1, "wer": 0.2}, {"layer": 2, "wer": 0.9}]) == 1
     aligned = [
         {"layer": 0, "wer": 0.3, "pnmi": 0.2},
@@ -326,11 +332,8 @@ def test_kmeans_labels_round_trip_through_the_manifest(tiny_data_dir, tmp_path):
 def test_tiny_pretraining_run_logs_metrics_and_its_encoder_loads_from_disk(
     tiny_data_dir, mlflow_store, tmp_path
 ):
-    from hydra import compose, initialize_config_module
-    from mlflow.tracking import MlflowClient
-
-    from experiments.checkpoints import load_checkpoint, load_submodule
-    from experiments.train import train
+    from experiments.core import tracking
+    from experiments.core.runner import train
     from tests.conftest import MIRROR, TINY_COUNTS
 
     overrides = [
@@ -351,10 +354,9 @@ def test_tiny_pretraining_run_logs_metrics_and_its_encoder_loads_from_disk(
         "trainer.log_every_n_steps=1",
         "callbacks.progress_bar.refresh_rate=0",
     ]
-    with initialize_config_module(config_module="experiments.configs", version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    train(cfg)
-    run = MlflowClient().search_runs(MlflowClient().search_experiments()[0].experiment_id)[0]
+    train(compose_config(overrides))
+    client = tracking.client()
+    run = client.search_runs(client.search_experiments()[0].experiment_id)[0]
     for name in ("train/loss", "train/accuracy", "train/label_perplexity", "val/loss", "val/accuracy"):
         assert name in run.data.metrics, name
     assert 1 <= run.data.metrics["train/label_perplexity"] <= 64
@@ -372,10 +374,12 @@ def test_tiny_pretraining_run_logs_metrics_and_its_encoder_loads_from_disk(
 
 
 def test_pipeline_links_its_stages_and_skips_finished_ones(tiny_data_dir, mlflow_store, tmp_path, capsys):
-    from mlflow.tracking import MlflowClient
-
-    from experiments.luise_pipeline import main as pipeline
+    from experiments.core import tracking
+    from experiments.pipeline import main as run_pipeline
     from tests.conftest import MIRROR, TINY_COUNTS
+
+    def pipeline(args: list[str]) -> int:
+        return run_pipeline(["luise", *args])
 
     digits = tiny_data_dir / "connected_digits"
     common = [
@@ -400,7 +404,7 @@ def test_pipeline_links_its_stages_and_skips_finished_ones(tiny_data_dir, mlflow
         "--iter2", "data.train_manifest=[${labels_dir}/connected_digits/train_kmeans_labels.jsonl]",
     ]  # fmt: skip
     assert pipeline(args) == 0
-    client = MlflowClient()
+    client = tracking.client()
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     parent = next(r for r in runs if r.data.tags.get("voxlab.role") == "pipeline")
     children = {
@@ -408,12 +412,13 @@ def test_pipeline_links_its_stages_and_skips_finished_ones(tiny_data_dir, mlflow
         for r in runs
         if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
     }
-    assert set(children) == {"iter1", "iter2"}
-    assert "probe/wer" in children["iter1"].data.metrics and "val/accuracy" in children["iter2"].data.metrics
+    assert set(children) == {"iter1", "probe1", "labels", "iter2", "probe2"}
+    assert all(child.info.status == "FINISHED" for child in children.values())
+    assert "probe/wer" in children["probe1"].data.metrics and "val/accuracy" in children["iter2"].data.metrics
     stages = json.loads((tmp_path / "pipeline" / "stages" / "probe1.json").read_text())
     assert len(stages["rows"]) == 3  # input + 2 layers of the tiny encoder
     labels = json.loads((tmp_path / "pipeline" / "stages" / "labels.json").read_text())
-    assert torch.load(labels["centroids"]).shape[0] == 4
+    assert torch.load(labels["centroids"], weights_only=True).shape[0] == 4
     capsys.readouterr()
     assert pipeline(args) == 0  # finished stages are skipped
     assert capsys.readouterr().out.count("skipped") == 5
@@ -430,35 +435,10 @@ def test_pipeline_links_its_stages_and_skips_finished_ones(tiny_data_dir, mlflow
     # SFT (its experiment config) rebuilds iteration 2's encoder, itself built by the loader from iteration 1,
     # with SpecAugment on and in train mode (Lightning leaves a loaded eval-mode part without dropout/SpecAugment)
     iter2 = json.loads((tmp_path / "pipeline" / "stages" / "iter2.json").read_text())
-    with initialize_config_module(config_module="experiments.configs", version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=["experiment=ssl/luise_sft", f"model.net.encoder.ckpt_path={iter2['ckpt']}"],
-        )
+    cfg = compose_config(["experiment=ssl/luise_sft", f"model.net.encoder.ckpt_path={iter2['ckpt']}"])
     sft = instantiate(cfg.model)
     encoder = sft.net.encoder
     assert isinstance(encoder.spec_augment, SpecAugment) and encoder.spec_augment.training
     check_training_modes(sft)
-    state = torch.load(iter2["ckpt"], weights_only=False)["state_dict"]
+    state = load_checkpoint(iter2["ckpt"])["state_dict"]
     assert torch.equal(encoder.subsampling.proj.weight, state["encoder.subsampling.proj.weight"])
-
-
-def test_pipeline_stage_reruns_only_when_what_it_reads_changed(tmp_path):
-    from experiments.luise_pipeline import Pipeline
-
-    runs = []
-
-    def run_all(first_setting: int) -> None:
-        pipeline = Pipeline(tmp_path, parent_run_id="parent")
-        for name, settings, reads in (
-            ("first", {"value": first_setting}, ()),
-            ("reader", {}, ("first",)),
-            ("independent", {}, ()),
-        ):
-            pipeline.stage(name, settings, lambda name=name: runs.append(name) or {}, lambda r: [], reads)
-
-    run_all(1)
-    run_all(1)
-    assert runs == ["first", "reader", "independent"]
-    run_all(2)
-    assert runs[3:] == ["first", "reader"]

@@ -5,7 +5,7 @@ import soundfile as sf
 
 from datamodules.manifest import read_manifest
 from datamodules.prepare import prepare_connected_digits, prepare_folder, prepare_fsdd, prepare_librispeech
-from datamodules.prepare.fsdd import DIGIT_WORDS
+from research.text import DIGIT_WORDS
 
 
 def test_fsdd_uses_its_own_split(mirror, tmp_path):

@@ -13,13 +13,14 @@ import torch
 from datamodules.audio_datamodule import AudioDataModule
 from datamodules.manifest import read_manifest
 from experiments import teacher_features, tokenize
+from experiments.core import tokens
 from research.audio import load_audio
 from tests.conftest import execute_notebook, run_python_module
 
 
 @pytest.fixture(scope="module")
 def codec(tiny_tokenizer_run):
-    return tokenize.load_codec(ckpt=str(tiny_tokenizer_run["ckpt"]))
+    return tokens.load_codec(ckpt=str(tiny_tokenizer_run["ckpt"]))
 
 
 def test_encode_manifest_by_run_id_writes_codes_and_column(tiny_tokenizer_run, tmp_path):
@@ -40,7 +41,7 @@ def test_encode_manifest_by_run_id_writes_codes_and_column(tiny_tokenizer_run, t
         ],
         env={"MLFLOW_TRACKING_URI": tiny_tokenizer_run["uri"]},
     )
-    assert "16 encoded, 0 already there, 0 failed" in result.stdout
+    assert "16 encoded, 0 kept, 0 failed" in result.stdout
     rows = read_manifest(out_manifest).rows
     assert len(rows) == 16 and all(row["codes_rate"] == 50.0 for row in rows)
     for row in rows:
@@ -58,9 +59,9 @@ def test_encode_manifest_by_run_id_writes_codes_and_column(tiny_tokenizer_run, t
 
 def test_batched_encoding_matches_one_by_one_and_resumes(codec, tiny_tokenizer_run, tmp_path):
     manifest = tiny_tokenizer_run["data_dir"] / "connected_digits" / "val.jsonl"
-    first = tokenize.encode(codec, manifest=str(manifest), out_dir=str(tmp_path / "c"), batch_size=1)
+    first = tokens.encode(codec, manifest=str(manifest), out_dir=str(tmp_path / "c"), batch_size=1)
     assert first.written == 16 and first.manifest.name == "val_codes.jsonl"
-    again = tokenize.encode(codec, manifest=str(manifest), out_dir=str(tmp_path / "c"), batch_size=4)
+    again = tokens.encode(codec, manifest=str(manifest), out_dir=str(tmp_path / "c"), batch_size=4)
     assert again.written == 0 and again.reused == 16
     row = read_manifest(manifest).rows[0]
     wave = load_audio(manifest.parent / row["audio_filepath"], sample_rate=16000)
@@ -71,7 +72,7 @@ def test_batched_encoding_matches_one_by_one_and_resumes(codec, tiny_tokenizer_r
 def test_decode_resynth_and_convert(codec, tiny_tokenizer_run, tmp_path):
     rows = read_manifest(tiny_tokenizer_run["data_dir"] / "connected_digits" / "test.jsonl").rows
     audio = [str(tiny_tokenizer_run["data_dir"] / "connected_digits" / r["audio_filepath"]) for r in rows[:2]]
-    tokenize.encode(codec, audio=audio, out_dir=str(tmp_path / "codes"))
+    tokens.encode(codec, audio=audio, out_dir=str(tmp_path / "codes"))
     codes_file = tmp_path / "codes" / f"{rows[0]['id']}.npy"
     frames = np.load(codes_file).shape[0]
     ckpt = str(tiny_tokenizer_run["ckpt"])
@@ -82,8 +83,8 @@ def test_decode_resynth_and_convert(codec, tiny_tokenizer_run, tmp_path):
         == 0
     )
     assert sf.info(tmp_path / "d.wav").frames == frames * 320
-    one_level = tokenize.decode_file(codec, str(codes_file), levels=1)
-    assert not torch.allclose(one_level, tokenize.decode_file(codec, str(codes_file)))
+    one_level = tokens.decode_file(codec, str(codes_file), levels=1)
+    assert not torch.allclose(one_level, tokens.decode_file(codec, str(codes_file)))
     out = tmp_path / "r.wav"
     assert (
         tokenize.main(["resynth", "--ckpt", ckpt, "--audio", audio[0], "--levels", "1", "--out", str(out)])
@@ -124,7 +125,7 @@ def test_unreadable_input_is_named_and_the_rest_continue(tiny_tokenizer_run, tmp
     assert "FAILED" in err and "broken.wav" in err
     assert (tmp_path / "codes" / "good.npy").is_file() and not (tmp_path / "codes" / "broken.npy").exists()
     with pytest.raises(FileNotFoundError):
-        tokenize.load_codec(ckpt=str(tmp_path / "missing.ckpt"))
+        tokens.load_codec(ckpt=str(tmp_path / "missing.ckpt"))
 
 
 def test_teacher_features_round_trip_through_the_datamodule(

@@ -1,6 +1,6 @@
 from mlflow.store.db.utils import create_sqlalchemy_engine
 
-from experiments import tracking
+from experiments.core import tracking
 
 
 def test_flatten_nested_config():

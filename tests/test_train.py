@@ -9,8 +9,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from experiments.eval import evaluate
-from experiments.train import check_training_modes, train
+from experiments.core.runner import check_training_modes, evaluate, train
 from tests.conftest import tiny_overrides
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from datamodules.manifest import write_manifest
 from datamodules.prepare.stamp import is_prepared, mark_prepared
 from research.audio import audio_info
+from research.text import DIGIT_WORDS
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,6 @@ UPSTREAM_COMMIT = "26eb9aaf76e81b692f806f9140c2d2777410d7a1"
 UPSTREAM_ZIP = f"https://github.com/Jakobovski/free-spoken-digit-dataset/archive/{UPSTREAM_COMMIT}.zip"
 # sha256 over the sorted (file name, sha256 of file) pairs of recordings/ at UPSTREAM_COMMIT.
 RECORDINGS_DIGEST = "710e3ab45fe6e3b6efb45169826617fecd89ea09ab259f489e68e1325b34116d"
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TEST_INDICES = range(0, 5)
 
 

@@ -1,6 +1,6 @@
-"""Token exploration helpers behind notebooks/explore_tokens: find a trained tokenizer, encode an utterance,
-plot codes per level, codebook usage and RVQ-1 tokens against the words of a connected-digit utterance, and
-resynthesize from the first k levels or across speakers."""
+"""Tokens of a trained tokenizer: load its codec, encode manifests or files to per-utterance codes and decode them
+(behind `experiments.tokenize`), and the exploration helpers of notebooks/explore_tokens (codes per level,
+codebook usage, RVQ-1 tokens against the words of a connected-digit utterance, resynthesis)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,73 @@ import numpy as np
 import torch
 
 from datamodules.manifest import read_manifest
-from experiments.tracking import TAG_PREFIX, tracking_uri
+from experiments.core.checkpoints import load_submodule, resolve_checkpoint
+from experiments.core.dumps import DumpResult, checkpoint_source, dump_per_utterance, manifest_of_files
+from experiments.core.tracking import TAG_PREFIX, tracking_uri
 from research.audio import load_audio
 from research.metrics import CodebookUsage
 from research.probes import segment_frames
 from research.tokenizer.codec import SpeechTokenizerCodec
+
+
+def load_codec(ckpt: str | None = None, run_id: str | None = None) -> SpeechTokenizerCodec:
+    return load_submodule("codec", ckpt_path=ckpt, run_id=run_id)
+
+
+def codec_source(ckpt: str | None = None, run_id: str | None = None, **settings) -> dict:
+    """What codes depend on: the tokenizer checkpoint's content and the encoding settings."""
+    return checkpoint_source(resolve_checkpoint(ckpt, run_id), **settings)
+
+
+def encode_batch(codec: SpeechTokenizerCodec, n_q: int | None):
+    def compute(audio: torch.Tensor, lens: torch.Tensor) -> list[np.ndarray]:
+        codes = codec.encode(audio, n_q)  # (n_q, B, frames)
+        frames = [codec.frames(int(n)) for n in lens]
+        return [codes[:, i, :f].T.numpy().astype(np.int16) for i, f in enumerate(frames)]
+
+    return compute
+
+
+def encode(
+    codec: SpeechTokenizerCodec,
+    *,
+    manifest: str | None = None,
+    audio: list[str] | None = None,
+    out_dir: str | None = None,
+    out_manifest: str | None = None,
+    column: str = "codes",
+    n_q: int | None = None,
+    batch_size: int = 8,
+    overwrite: bool = False,
+    source: dict | None = None,
+) -> DumpResult:
+    if bool(manifest) == bool(audio):
+        raise ValueError("give either a manifest or audio files")
+    if audio and not out_dir:
+        raise ValueError("encoding audio files needs an output folder (--out-dir)")
+    return dump_per_utterance(
+        manifest or manifest_of_files(audio),
+        column=column,
+        compute=encode_batch(codec, n_q),
+        rate=codec.frame_rate,
+        sample_rate=codec.sample_rate,
+        out_dir=out_dir,
+        out_manifest=out_manifest,
+        batch_size=batch_size,
+        overwrite=overwrite,
+        desc="encoding",
+        made_by=source,
+    )
+
+
+def decode_file(codec: SpeechTokenizerCodec, codes_path: str, levels: int | None = None) -> torch.Tensor:
+    codes = np.load(codes_path)
+    if codes.ndim != 2 or codes.shape[1] > codec.n_q:
+        raise ValueError(
+            f"{codes_path}: expected (frames, n_q <= {codec.n_q}) codes, got shape {codes.shape}"
+        )
+    codes = torch.from_numpy(codes.astype(np.int64)).T[:levels, None, :]  # (n, 1, frames)
+    return codec.decode(codes)[0]
 
 
 def latest_tokenizer_run() -> str:

@@ -1,6 +1,6 @@
 """Benchmark: the asr/ctc_digits baseline trained from scratch, WER on seen and held-out speakers, wall time.
 
-    python -m experiments.benchmarks.ctc_digits [hydra overrides...]
+    python -m experiments.benchmarks.asr.ctc_digits [hydra overrides...]
 
 Target: <= 10% WER on the connected-digit test set of seen speakers within 15 minutes on a 2-core CPU.
 """
@@ -11,10 +11,9 @@ import json
 import sys
 import time
 
-from hydra import compose, initialize_config_module
-
-from experiments.tracking import ROOT
-from experiments.train import train
+from experiments.core.compose import compose_config
+from experiments.core.runner import train
+from experiments.core.tracking import ROOT
 
 TARGET_WER = 0.10
 BUDGET_S = 15 * 60
@@ -22,10 +21,7 @@ BUDGET_S = 15 * 60
 
 def main(overrides: list[str]) -> dict:
     output_dir = ROOT / "runs" / "benchmarks" / time.strftime("ctc_digits_%Y-%m-%d_%H-%M-%S")
-    with initialize_config_module(config_module="experiments.configs", version_base="1.3"):
-        cfg = compose(
-            "train", overrides=["experiment=asr/ctc_digits", f"paths.output_dir={output_dir}", *overrides]
-        )
+    cfg = compose_config(["experiment=asr/ctc_digits", f"paths.output_dir={output_dir}", *overrides])
     # data preparation is excluded from the timed training (it is cached after the first run)
     from hydra.utils import instantiate
 

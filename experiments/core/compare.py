@@ -11,7 +11,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from experiments.tracking import tracking_uri
+from experiments.core.tracking import tracking_uri
 
 
 def list_runs(experiment: str, *, include_sweep_parents: bool = False) -> pd.DataFrame:

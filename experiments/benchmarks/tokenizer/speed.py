@@ -5,7 +5,7 @@
 2. training-step time of the LightningModule against a plain PyTorch loop over the same modules and losses
    (target: Lightning overhead <= 5%), each arm in its own process, alternating, with its peak memory.
 
-    python -m experiments.benchmarks.tokenizer_speed [--size cpu|paper] [--rounds 3]
+    python -m experiments.benchmarks.tokenizer.speed [--size cpu|paper] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
 
     arms = alternate_arms(
-        "experiments.benchmarks.tokenizer_speed",
+        "experiments.benchmarks.tokenizer.speed",
         ["lightning", "plain"],
         args.rounds,
         [

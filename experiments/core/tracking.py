@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-ROOT = Path(os.environ.get("VOXLAB_ROOT", Path(__file__).resolve().parents[1]))
+ROOT = Path(os.environ.get("VOXLAB_ROOT", Path(__file__).resolve().parents[2]))
 SQLITE_BUSY_TIMEOUT_S = 60
 PARENT_RUN_FILE = "mlflow_parent_run_id"
 TAG_PREFIX = "voxlab."
@@ -46,6 +46,20 @@ def ui_command(uri: str | None = None) -> str:
     if uri.startswith("sqlite:"):
         return f"mlflow ui --backend-store-uri {uri} --port 5000"
     return f"open {uri}"
+
+
+def client() -> MlflowClient:
+    """The one way voxlab opens the tracking store: never a bare MlflowClient(), which writes ./mlruns."""
+    return MlflowClient(tracking_uri())
+
+
+def experiment_id(name: str) -> str:
+    """Id of the MLflow experiment `name`, created with its artifacts beside the store if new."""
+    store = client()
+    experiment = store.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return store.create_experiment(name, artifact_location=artifact_location(name))
 
 
 OmegaConf.register_new_resolver("voxlab.root", lambda: str(ROOT), replace=True)
@@ -83,18 +97,18 @@ def record_run(logger: MLFlowLogger, config: DictConfig, tags: dict[str, str]) -
     When a resumed run continues an existing MLflow run, params it already has are left as they are (MLflow
     refuses to change a param) and the new config is stored as another yaml artifact.
     """
-    client: MlflowClient = logger.experiment
-    run = client.get_run(logger.run_id)
+    store: MlflowClient = logger.experiment
+    run = store.get_run(logger.run_id)
     resolved = OmegaConf.to_container(config, resolve=True)
     params = {k: v[:6000] for k, v in flatten(resolved).items() if k not in run.data.params}
     items = list(params.items())
     for start in range(0, len(items), 100):  # MLflow's per-request limit
         batch = [mlflow.entities.Param(k, v) for k, v in items[start : start + 100]]
-        client.log_batch(logger.run_id, params=batch)
+        store.log_batch(logger.run_id, params=batch)
     for key, value in {**git_state(), **tags}.items():
-        client.set_tag(logger.run_id, key, value)
+        store.set_tag(logger.run_id, key, value)
     name = "config.yaml" if not run.data.params else time.strftime("config_resumed_%Y%m%d-%H%M%S.yaml")
-    client.log_text(logger.run_id, OmegaConf.to_yaml(resolved), name)
+    store.log_text(logger.run_id, OmegaConf.to_yaml(resolved), name)
 
 
 def sweep_parent_run_id(sweep_dir: str | Path) -> str | None:
@@ -110,19 +124,9 @@ class SweepGrouping(Callback):
         mlflow_cfg = config.get("logger", {}).get("mlflow") if config.get("logger") else None
         if not mlflow_cfg:
             return
-        experiment_name = mlflow_cfg.experiment_name
-        client = MlflowClient(tracking_uri())
-        experiment = client.get_experiment_by_name(experiment_name)
-        experiment_id = (
-            experiment.experiment_id
-            if experiment
-            else client.create_experiment(
-                experiment_name, artifact_location=artifact_location(experiment_name)
-            )
-        )
         sweep_dir = Path(config.hydra.sweep.dir)
-        run = client.create_run(
-            experiment_id,
+        run = client().create_run(
+            experiment_id(mlflow_cfg.experiment_name),
             run_name=f"sweep {sweep_dir.name}",
             tags={f"{TAG_PREFIX}sweep_dir": str(sweep_dir), f"{TAG_PREFIX}role": "sweep", **git_state()},
         )
@@ -132,12 +136,12 @@ class SweepGrouping(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         run_id = sweep_parent_run_id(config.hydra.sweep.dir)
         if run_id:
-            MlflowClient(tracking_uri()).set_terminated(run_id)
+            client().set_terminated(run_id)
 
 
 def checkpoint_from_run(run_id: str, which: str = "last") -> Path:
     """The checkpoint a training run recorded (`voxlab.checkpoint_dir` tag): 'last' or 'best'."""
-    run = MlflowClient(tracking_uri()).get_run(run_id)
+    run = client().get_run(run_id)
     tag = f"{TAG_PREFIX}checkpoint_{which}"
     path = run.data.tags.get(tag)
     if not path:

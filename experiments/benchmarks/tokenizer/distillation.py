@@ -1,8 +1,8 @@
 """Research validity of semantic distillation: the same CPU-size tokenizer trained with and without a teacher
 (same seed, data and steps), compared on held-out connected digits.
 
-    python -m experiments.benchmarks.tokenizer_distillation --teacher-run <asr/ctc_digits MLflow run id>
-    python -m experiments.benchmarks.tokenizer_distillation --hf-model /models/hubert-base   # any HuBERT dir
+    python -m experiments.benchmarks.tokenizer.distillation --teacher-run <asr/ctc_digits MLflow run id>
+    python -m experiments.benchmarks.tokenizer.distillation --hf-model /models/hubert-base   # any HuBERT dir
 
 Without a teacher argument it first trains the CTC digit recogniser for --teacher-steps. Reported per test set
 (seen speakers; held-out speaker 'theo'):
@@ -20,29 +20,24 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_module
 from tqdm import tqdm
 
 from datamodules.manifest import read_manifest
-from datamodules.prepare.fsdd import DIGIT_WORDS
-from experiments.tokenize import load_codec
-from experiments.tracking import ROOT
-from experiments.train import train
+from experiments.core.compose import compose_config
+from experiments.core.runner import train
+from experiments.core.tokens import load_codec
+from experiments.core.tracking import ROOT
 from research.audio import load_audio
 from research.metrics import SpeakerSimilarity, pesq_score
 from research.probes import bag_of_codes, linear_probe_accuracy, segment_frames
+from research.text import DIGIT_WORDS
 from research.tokenizer.losses import MultiScaleMelLoss
 
 ARMS = {"distilled": [], "undistilled": ["model/teacher=none"]}
 
 
-def compose_train(overrides: list[str]):
-    with initialize_config_module(config_module="experiments.configs", version_base="1.3"):
-        return compose("train", overrides=overrides)
-
-
 def train_teacher(steps: int, output_dir) -> str:
-    cfg = compose_train(
+    cfg = compose_config(
         ["experiment=asr/ctc_digits", f"trainer.max_steps={steps}", f"paths.output_dir={output_dir}"]
     )
     train(cfg)
@@ -165,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     results, runs = {}, {}
     for arm, extra in ARMS.items():
-        cfg = compose_train(
+        cfg = compose_config(
             [*common, *(teacher if arm == "distilled" else []), *extra, f"paths.output_dir={out / arm}"]
         )
         ckpt = out / arm / "checkpoints" / "last.ckpt"

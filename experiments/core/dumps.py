@@ -1,10 +1,15 @@
 """Write one array per utterance beside a manifest (teacher features, codes, k-means labels) and a manifest that
 names them in a column, so stages chain through manifests. Batched (utterances sorted by duration so batches
 pad little), resumable (files already written are kept unless `overwrite`), with a progress bar; unreadable
-audio is reported by file and skipped, and the rest continues."""
+audio is reported by file and skipped, and the rest continues.
+
+Each output folder records what made it (`source.json`: the model's checkpoint digest and the settings); files
+made from another source are rebuilt, never reused."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -63,6 +68,32 @@ def save_array(path: Path, array: np.ndarray) -> None:
     tmp.replace(path)  # an interrupted dump never leaves a truncated file that a resumed one would keep
 
 
+SOURCE_FILE = "source.json"
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_source(path: str | Path, **settings) -> dict:
+    """What a dump made by a checkpoint's model depends on: the file's content and the settings."""
+    return {"checkpoint": str(Path(path).resolve()), "sha1": file_digest(path), **settings}
+
+
+def claim_folder(out_dir: Path, source: dict | None) -> bool:
+    """Record `source` in `out_dir`; True when files already there were made by another (or an unknown) source."""
+    record = out_dir / SOURCE_FILE
+    previous = json.loads(record.read_text()) if record.is_file() else None
+    normalized = json.loads(json.dumps(source, default=str))
+    stale = previous != normalized and any(out_dir.glob("*.npy"))
+    record.write_text(json.dumps(normalized, indent=2))
+    return stale
+
+
 def dump_per_utterance(
     source: str | Path | Manifest,
     *,
@@ -75,13 +106,18 @@ def dump_per_utterance(
     batch_size: int = 8,
     overwrite: bool = False,
     desc: str | None = None,
+    made_by: dict | None = None,
 ) -> DumpResult:
     """Run `compute` over every utterance of `source` and save `<out_dir>/<id>.npy`; when `source` is a manifest
-    file, also write `out_manifest` (default `<stem>_<column>.jsonl` beside it) with columns `<column>` (path
-    relative to the new manifest) and `<column>_rate` (frames per second), leaving out failed rows."""
+        file, also write `out_manifest` (default `<stem>_<column>.jsonl` beside it) with columns `<column>` (path
+        relative to the new manifest) and `<column>_rate` (frames per second), leaving out failed rows. `source`
+    (JSON-able: checkpoint digest, settings) names what made the arrays; a folder made by another is rebuilt."""
     manifest = source if isinstance(source, Manifest) else read_manifest(source)
     out_dir = Path(out_dir) if out_dir else manifest.path.parent / column
     out_dir.mkdir(parents=True, exist_ok=True)
+    if claim_folder(out_dir, made_by) and not overwrite:
+        log.warning("%s holds arrays made by another source than %s: rebuilding them", out_dir, made_by)
+        overwrite = True
     if out_manifest is None and not isinstance(source, Manifest):
         out_manifest = manifest.path.with_name(f"{manifest.path.stem}_{column}.jsonl")
     result = DumpResult(out_dir=out_dir, manifest=Path(out_manifest) if out_manifest else None)

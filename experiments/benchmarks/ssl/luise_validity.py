@@ -1,9 +1,9 @@
 """Research validity of LUISE at CPU size: does pretraining help, and do iteration-2 labels carry more content?
 
-    python -m experiments.benchmarks.luise_validity [--pretrain-steps 2000] [--iter2-steps 1000] [--sft-steps 600]
+    python -m experiments.benchmarks.ssl.luise_validity [--pretrain-steps 2000] [--iter2-steps 1000] [--sft-steps 600]
         [--layer L] [--iter2-lr 5e-4] [--iter2-init iter1|fresh] [--sft-seeds 1 2]
 
-Runs the LUISE pipeline (`experiments.luise_pipeline`, resumable: an interrupted benchmark picks up where it
+Runs the LUISE pipeline (`python -m experiments.pipeline luise`, resumable: an interrupted benchmark picks up where it
 stopped) on LibriSpeech excerpts + connected FSDD digits: iteration 1 (random-projection labels), per-layer probe,
 k-means labels from the best layer (highest PNMI), iteration 2 (from iteration 1 at a quarter of the LR), probe,
 then CTC fine-tuning (top 2 encoder layers re-initialised) on a seeded 10% of the connected-digit training
@@ -24,19 +24,15 @@ import time
 from pathlib import Path
 
 import torch
-from mlflow.tracking import MlflowClient
 
-from experiments.checkpoints import load_submodule
-from experiments.luise import (
-    alignment_quality,
-    best_layer,
-    format_table,
-    label_batch,
-    random_projection_labels,
-)
-from experiments.luise_pipeline import main as run_pipeline
-from experiments.luise_pipeline import sft_seeds
-from experiments.tracking import ROOT, tracking_uri
+from experiments.core import tracking
+from experiments.core.checkpoints import load_submodule
+from experiments.core.luise import alignment_quality
+from experiments.core.pipelines.luise import sft_seeds
+from experiments.core.tracking import ROOT
+from experiments.pipeline import main as run_pipeline
+from research.ssl.labels import kmeans_label_batch, random_projection_labels
+from research.ssl.layer_probe import best_layer, format_table
 from research.ssl.targets import RandomProjectionQuantizer
 
 
@@ -46,7 +42,7 @@ def stage(out: Path, name: str) -> dict:
 
 def validation_wer(run_id: str) -> dict[int, float]:
     """{step: val/wer} of a fine-tuning run, from MLflow."""
-    history = MlflowClient(tracking_uri()).get_metric_history(run_id, "val/wer")
+    history = tracking.client().get_metric_history(run_id, "val/wer")
     return {m.step + 1: m.value for m in history}
 
 
@@ -57,13 +53,13 @@ def label_quality(out: Path, data_dir: Path, k: int, seed: int) -> list[dict]:
     trained_rpq = load_submodule("quantizer", ckpt_path=iter1["ckpt"])
     input_dim = trained_rpq.projection.shape[1]
     same_count_rpq = RandomProjectionQuantizer(input_dim=input_dim, codebook_size=k, seed=seed)
-    centroids = torch.load(labels["centroids"])
+    centroids = torch.load(labels["centroids"], weights_only=True)
     sources = {
         f"iteration 1: random projection ({trained_rpq.codebook_size} codes, as trained)": random_projection_labels(
             encoder, trained_rpq
         ),
         f"iteration 1: random projection ({k} codes)": random_projection_labels(encoder, same_count_rpq),
-        f"iteration 2: k-means of iteration-1 layer {labels['layer']} ({k} clusters)": label_batch(
+        f"iteration 2: k-means of iteration-1 layer {labels['layer']} ({k} clusters)": kmeans_label_batch(
             encoder, labels["layer"], centroids
         ),
     }
@@ -126,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     run_pipeline(
         [
+            "luise",
             "--out",
             str(args.out),
             "--k",

@@ -5,7 +5,7 @@
    alternating, with its peak memory;
 2. k-means label dump throughput (seconds of audio labelled per second) at batch size 1 and batched.
 
-    python -m experiments.benchmarks.luise_speed [--encoder s] [--rounds 3]
+    python -m experiments.benchmarks.ssl.luise_speed [--encoder s] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
 from experiments.benchmarks.timing import (
@@ -27,7 +26,8 @@ from experiments.benchmarks.timing import (
     peak_rss_mb,
     random_audio_batch,
 )
-from experiments.tracking import ROOT
+from experiments.core.compose import compose_config
+from experiments.core.tracking import ROOT
 from lit_modules.optim import warmup_cosine
 
 WARMUP_STEPS = 3  # allocator warm-up and first-call overheads
@@ -35,8 +35,7 @@ WARMUP_STEPS = 3  # allocator warm-up and first-call overheads
 
 def build_module(encoder: str):
     """Iteration-1 LUISE exactly as `experiment=ssl/luise_iter1` builds it."""
-    with initialize_config_module(config_module="experiments.configs", version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=ssl/luise_iter1", f"model/encoder={encoder}"])
+    cfg = compose_config(["experiment=ssl/luise_iter1", f"model/encoder={encoder}"])
     torch.manual_seed(0)
     return instantiate(cfg.model, _convert_="all"), cfg.model.scheduler
 
@@ -75,7 +74,7 @@ def run_arm(arm: str, encoder: str, steps: int, seconds: float, batch: int) -> d
 def dump_rates(encoder_size: str, manifest: Path, k: int, batch_sizes: list[int]) -> dict[int, float]:
     """Seconds of audio labelled per second by `write_labels` (random encoder and centroids: timing only)."""
     from datamodules.manifest import read_manifest
-    from experiments.luise import write_labels
+    from experiments.core.luise import write_labels
 
     module, _ = build_module(encoder_size)
     encoder = module.encoder.eval()
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     arms = alternate_arms(
-        "experiments.benchmarks.luise_speed",
+        "experiments.benchmarks.ssl.luise_speed",
         ["lightning", "plain"],
         args.rounds,
         ["--encoder", args.encoder, "--steps", str(args.steps), "--crop-seconds", str(args.crop_seconds)]

@@ -1,0 +1,6 @@
+"""Pipelines of `python -m experiments.pipeline <name>`: each module defines `add_arguments(parser)` (light
+imports only, so `--help` answers at once) and `run(args)`."""
+
+PIPELINES = {
+    "luise": "experiments.core.pipelines.luise",
+}

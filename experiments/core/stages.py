@@ -1,0 +1,120 @@
+"""A resumable pipeline of stages, each a child MLflow run of one pipeline run.
+
+A stage declares what it reads (earlier stages) and writes (its record's outputs). Its hash covers its own
+settings and the hashes of the stages it reads; a stage whose record in `<out>/stages/<name>.json` has the same
+hash and whose outputs exist is skipped, so a changed setting reruns only what depends on it. When a stage
+raises, its run and the pipeline's run are marked FAILED and no record is written: the next invocation skips
+what was done and resumes at that stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from experiments.core import tracking
+
+PIPELINE_STAGE_TAG = f"{tracking.TAG_PREFIX}pipeline_stage"
+
+
+def config_hash(settings: object) -> str:
+    """Short, stable digest of JSON-able settings: names label folders and stage records."""
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class Pipeline:
+    """`with Pipeline("luise", out) as pipeline: pipeline.stage(...)`; the records of finished stages are in
+    `pipeline.done` (name -> record, each with its `hash` and `run_id`)."""
+
+    def __init__(self, name: str, out: str | Path, *, experiment: str | None = None):
+        self.name, self.out = name, Path(out)
+        self.experiment = experiment or name
+        self.done: dict[str, dict] = {}
+        self.run_id: str | None = None
+
+    def __enter__(self) -> Pipeline:
+        (self.out / "stages").mkdir(parents=True, exist_ok=True)
+        run = tracking.client().create_run(
+            tracking.experiment_id(self.experiment),
+            run_name=f"pipeline {self.name} {self.out.name}",
+            tags={
+                f"{tracking.TAG_PREFIX}role": "pipeline",
+                f"{tracking.TAG_PREFIX}pipeline": self.name,
+                f"{tracking.TAG_PREFIX}pipeline_dir": str(self.out.resolve()),
+                **tracking.git_state(),
+            },
+        )
+        self.run_id = run.info.run_id
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        client = tracking.client()
+        client.log_dict(self.run_id, self.done, "stages.json")
+        client.set_terminated(self.run_id, "FAILED" if error_type else "FINISHED")
+        print(
+            f"pipeline run {self.run_id}: {'FAILED' if error_type else 'done'}; stages {', '.join(self.done)}"
+        )
+
+    def stage(
+        self,
+        name: str,
+        *,
+        settings: Any,
+        run: Callable[[str], dict],
+        outputs: Callable[[dict], Iterable[str | Path]] = lambda record: (),
+        reads: Iterable[str] = (),
+    ) -> dict:
+        """Run `run(child_run_id)` (returns the stage's record) unless a record with the same hash exists and
+        its `outputs` are all there."""
+        record_path = self.out / "stages" / f"{name}.json"
+        digest = config_hash({"settings": settings, "upstream": {k: self.done[k]["hash"] for k in reads}})
+        if record_path.is_file():
+            record = json.loads(record_path.read_text())
+            if record.get("hash") == digest and all(Path(p).exists() for p in outputs(record)):
+                print(f"[{name}] done already (hash {digest}), skipped")
+                self.done[name] = record
+                return record
+        print(f"[{name}] running (hash {digest})")
+        client = tracking.client()
+        child = client.create_run(
+            tracking.experiment_id(self.experiment),
+            run_name=name,
+            tags={"mlflow.parentRunId": self.run_id, PIPELINE_STAGE_TAG: name},
+        ).info.run_id
+        try:
+            record = {**run(child), "hash": digest, "run_id": child}
+        except BaseException:
+            client.set_terminated(child, "FAILED")
+            raise
+        client.log_dict(child, record, "stage.json")
+        client.set_terminated(child, "FINISHED")
+        record_path.write_text(json.dumps(record, indent=2, default=str))
+        self.done[name] = record
+        return record
+
+    def train_stage(self, name: str, overrides: list[str], reads: Iterable[str] = ()) -> dict:
+        """A training stage: `experiments.train` on the composed config, logged into the stage's run; its
+        settings are the whole composed config, its output the last checkpoint."""
+        from experiments.core.compose import compose_config
+        from experiments.core.runner import train
+
+        output_dir = self.out / name
+        cfg = compose_config([*overrides, f"paths.output_dir={output_dir}"])
+        settings = OmegaConf.to_container(cfg, resolve=False)
+
+        def run(child: str) -> dict:
+            cfg.mlflow_run_id = child
+            # a rerun's checkpoints would be saved beside the stale ones as last-v1.ckpt, and last.ckpt read back
+            shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+            metrics = train(cfg)
+            return {"ckpt": str(output_dir / "checkpoints" / "last.ckpt"), "metrics": metrics}
+
+        return self.stage(
+            name, settings=settings, run=run, outputs=lambda record: [record["ckpt"]], reads=reads
+        )
