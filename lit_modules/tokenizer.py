@@ -14,7 +14,6 @@ from functools import partial
 import lightning as L
 import matplotlib
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torchmetrics import MeanMetric
@@ -32,8 +31,11 @@ from research.tokenizer.distillation import DISTILLATION_LOSSES, align_to_frames
 from research.tokenizer.losses import (
     MultiScaleMelLoss,
     feature_matching_loss,
+    group_by_length,
     lsgan_discriminator_loss,
     lsgan_generator_loss,
+    masked_l1,
+    per_item_mean,
 )
 from research.tokenizer.teachers import FrozenTeacher
 
@@ -130,25 +132,57 @@ class SpeechTokenizerModule(PerTestSetEvaluation, L.LightningModule):
         )
 
     # --- losses -----------------------------------------------------------------------------------------------
+    # Padded batches: every loss but commitment is the mean over items of the item's loss on its valid samples
+    # (frames), so a zero-padded batch gives the same losses as its items one by one, whatever the padding holds.
     def distillation_loss(self, batch: dict, output: CodecOutput) -> torch.Tensor:
         if self.teacher is None or self.weights["distillation"] == 0:
             return output.semantic.new_zeros(())
-        target = align_to_frames(self.teacher.features(batch).to(output.semantic), output.semantic.shape[1])
-        return self.distill(output.semantic.float(), target.float())
+        features, teacher_lens = self.teacher.features_with_lens(batch)
+        student = output.semantic.float()
+        features = features.to(student)
+        frames = self.codec.frames(batch["audio_lens"].to(student.device)).clamp(1, student.shape[1])
+        teacher_lens = teacher_lens.to(student.device).clamp(1, features.shape[1])
+        total = student.new_zeros(())
+        for index, (length, teacher_length) in group_by_length(frames, teacher_lens):
+            target = align_to_frames(features[index, :teacher_length], length)
+            total = total + self.distill(student[index, :length], target) * len(index)
+        return total / len(frames)
+
+    def discriminator_loss(self, batch: dict, fake: torch.Tensor) -> torch.Tensor:
+        """The discriminator's LSGAN loss, real vs `fake` audio (B, 1, T), on each item's valid samples."""
+
+        def loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+            return lsgan_discriminator_loss(self.discriminator(real), self.discriminator(fake))
+
+        return self.per_item(loss, batch, fake)
+
+    def adversarial_losses(self, batch: dict, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The generator's adversarial and feature-matching losses on each item's valid samples."""
+
+        def loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():  # real feature maps are only targets
+                real_maps = self.discriminator(real)
+            fake_maps = self.discriminator(fake)
+            return torch.stack([lsgan_generator_loss(fake_maps), feature_matching_loss(real_maps, fake_maps)])
+
+        adversarial, feature = self.per_item(loss, batch, fake)
+        return adversarial, feature
+
+    def per_item(self, loss, batch: dict, fake: torch.Tensor) -> torch.Tensor:
+        return per_item_mean(
+            loss, batch["audio_lens"], batch["audio"], fake, min_samples=self.discriminator.min_samples
+        )
 
     def generator_losses(self, batch: dict, output: CodecOutput) -> dict[str, torch.Tensor]:
-        audio, fake = batch["audio"], output.audio
+        audio, fake, lens = batch["audio"], output.audio, batch["audio_lens"]
         losses = {
-            "mel": self.mel_loss(fake, audio),
-            "waveform": F.l1_loss(fake.float(), audio.float()),
-            "commitment": output.commitment_loss,
+            "mel": self.mel_loss(fake, audio, lens),
+            "waveform": masked_l1(fake, audio, lens),
+            "commitment": output.commitment_loss,  # over every frame, padding included
             "distillation": self.distillation_loss(batch, output),
         }
         if self.adversarial:
-            real_maps = self.discriminator(audio)
-            fake_maps = self.discriminator(fake)
-            losses["adversarial"] = lsgan_generator_loss(fake_maps)
-            losses["feature"] = feature_matching_loss(real_maps, fake_maps)
+            losses["adversarial"], losses["feature"] = self.adversarial_losses(batch, fake)
         losses["total"] = sum(self.weights[name] * value for name, value in losses.items())
         return losses
 
@@ -170,9 +204,7 @@ class SpeechTokenizerModule(PerTestSetEvaluation, L.LightningModule):
         output = self.codec(batch["audio"])
         size = batch["audio"].shape[0]
         if self.adversarial:
-            real = self.discriminator(batch["audio"])
-            fake = self.discriminator(output.audio.detach())
-            discriminator_loss = lsgan_discriminator_loss(real, fake)
+            discriminator_loss = self.discriminator_loss(batch, output.audio.detach())
             self.optimizer_step_(discriminator_opt, discriminator_loss)
             self.log("train/discriminator", discriminator_loss, batch_size=size)
         losses = self.generator_losses(batch, output)

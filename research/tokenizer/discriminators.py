@@ -33,6 +33,9 @@ class CodecDiscriminator(nn.Module):
             if stft_n_ffts
             else None
         )
+        # the shortest input every sub-discriminator accepts: the STFTs are not centred (n_fft samples at least)
+        # and MPD reflect-pads to a multiple of its period
+        self.min_samples = max((*stft_n_ffts, *(p + 1 for p in periods)), default=1)
 
     def forward(self, audio: torch.Tensor) -> list[list[torch.Tensor]]:
         """audio (B, 1, T) -> one list of feature maps per sub-discriminator, logits last."""

@@ -1,8 +1,13 @@
-"""Generator and discriminator losses of SpeechTokenizer (weights live in the config, not here)."""
+"""Generator and discriminator losses of SpeechTokenizer (weights live in the config, not here).
+
+Padded batches: every loss of a batch is the mean over items of the item's loss on its valid samples only, so
+a zero-padded batch gives the same losses as its items one by one. `per_item_mean` runs a loss on each item's
+valid crop, batched over items of equal length (most training crops are full length)."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +40,8 @@ class MultiScaleMelLoss(nn.Module):
                 for n in n_ffts
             )
         self.weights = list(weights)
+        # the shortest input every scale accepts (centred STFT, reflect padding of n_fft // 2)
+        self.min_samples = max(n_ffts) // 2 + 1
 
     def log_mel(self, scale: int, audio: torch.Tensor) -> torch.Tensor:
         return self.mels[scale](audio.float()).clamp_min(1e-5).log()
@@ -43,13 +50,57 @@ class MultiScaleMelLoss(nn.Module):
         """Unweighted L1 between log-mels at the largest scale: the usual codec 'mel distance' metric."""
         return F.l1_loss(self.log_mel(0, reconstruction), self.log_mel(0, target))
 
-    def forward(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, reconstruction: torch.Tensor, target: torch.Tensor, lens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, 1, T) each; with `lens`, the mean over items of each item's loss on its valid samples."""
+        if lens is not None:
+            return per_item_mean(self, lens, reconstruction, target, min_samples=self.min_samples)
         total = reconstruction.new_zeros(())
         for scale, weight in enumerate(self.weights):
             total = total + weight * F.l1_loss(
                 self.log_mel(scale, reconstruction), self.log_mel(scale, target)
             )
         return total
+
+
+def group_by_length(*lens: torch.Tensor) -> list[tuple[torch.Tensor, tuple[int, ...]]]:
+    """Items grouped by their lengths (one or more (B,) tensors): (item indices, lengths) per distinct value."""
+    keys = torch.stack(lens, -1)
+    values, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    return [
+        ((inverse == k).nonzero().squeeze(1), tuple(int(v) for v in value)) for k, value in enumerate(values)
+    ]
+
+
+def valid_crop(x: torch.Tensor, index: torch.Tensor, length: int, min_samples: int = 0) -> torch.Tensor:
+    """Items `index` of x (B, C, T) cut to `length` samples, zero-padded to `min_samples` if shorter."""
+    crop = x[index, :, :length]
+    return F.pad(crop, (0, min_samples - length)) if length < min_samples else crop
+
+
+def per_item_mean(
+    loss: Callable[..., torch.Tensor],
+    lens: torch.Tensor,
+    *tensors: torch.Tensor,
+    min_samples: int = 0,
+) -> torch.Tensor:
+    """Mean over items of `loss` on each item's valid crop of every (B, C, T) tensor. `loss` must return the
+    mean over the items it is given (each a tensor of any shape): groups of equal-length items run together.
+    Items shorter than `min_samples` (the shortest input a discriminator or STFT accepts) are zero-padded to it."""
+    total = 0
+    for index, (length,) in group_by_length(lens.to(tensors[0].device)):
+        crops = (valid_crop(x, index, length, min_samples) for x in tensors)
+        total = total + loss(*crops) * len(index)
+    return total / len(lens)
+
+
+def masked_l1(reconstruction: torch.Tensor, target: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """Mean over items of the L1 over each item's valid samples; (B, C, T) inputs, lens (B,)."""
+    lens = lens.to(target.device)
+    valid = torch.arange(target.shape[-1], device=target.device) < lens[:, None]  # (B, T)
+    error = (reconstruction.float() - target.float()).abs().mean(1)  # (B, T)
+    return (torch.where(valid, error, 0.0).sum(-1) / lens.clamp_min(1)).mean()
 
 
 def lsgan_discriminator_loss(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]]) -> torch.Tensor:

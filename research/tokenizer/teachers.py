@@ -1,5 +1,7 @@
 """Semantic teachers for RVQ-1 distillation, behind one interface: `teacher.features(batch)` -> (B, frames, dim),
-with `dim` and `frame_rate` attributes. Teachers are frozen and never trained by the codec.
+with `dim` and `frame_rate` attributes; `teacher.features_with_lens(batch)` adds each item's count of valid
+frames (B,), so the distillation loss leaves out the frames of padding. Teachers are frozen and never trained by
+the codec.
 
 - `HuggingFaceTeacher`: any transformers HuBERT / WavLM / wav2vec2 model directory.
 - `EncoderTeacher`: a voxlab speech encoder (the CTC recogniser's, LUISE's), built by whoever loads it.
@@ -39,8 +41,26 @@ class FrozenTeacher(nn.Module):
         return super().train(False)  # frozen: dropout stays off whatever the parent module does
 
     def features(self, batch: dict) -> torch.Tensor:
+        return self.features_with_lens(batch)[0]
+
+    def features_with_lens(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, frames, dim) features and the number of valid (non-padding) frames of each item (B,)."""
         with torch.no_grad():
-            return self(batch["audio"], batch["audio_lens"])
+            return self.encode(batch["audio"], batch["audio_lens"])
+
+    def encode(
+        self, audio: torch.Tensor, audio_lens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, audio: torch.Tensor, audio_lens: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encode(audio, audio_lens)[0]
+
+
+def full_lengths(audio: torch.Tensor, audio_lens: torch.Tensor | None) -> torch.Tensor:
+    if audio_lens is None:
+        return torch.full((audio.shape[0],), audio.shape[-1], device=audio.device)
+    return audio_lens.to(audio.device)
 
 
 class HuggingFaceTeacher(FrozenTeacher):
@@ -61,11 +81,17 @@ class HuggingFaceTeacher(FrozenTeacher):
         self.frame_rate = sample_rate / math.prod(config.conv_stride)
 
     @torch.no_grad()
-    def forward(self, audio: torch.Tensor, audio_lens: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(
+        self, audio: torch.Tensor, audio_lens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model sees the padded batch as is (HuBERT-base style models take no attention mask); valid frame
+        counts follow the model's conv stack."""
         wave = audio.squeeze(1).float()
         if self.normalize:
             wave = (wave - wave.mean(-1, keepdim=True)) / (wave.std(-1, keepdim=True) + 1e-7)
-        return select_layer(self.model(wave, output_hidden_states=True).hidden_states, self.layer)
+        features = select_layer(self.model(wave, output_hidden_states=True).hidden_states, self.layer)
+        lens = self.model._get_feat_extract_output_lengths(full_lengths(audio, audio_lens))
+        return features, lens.clamp(0, features.shape[1])
 
 
 class EncoderTeacher(FrozenTeacher):
@@ -80,10 +106,11 @@ class EncoderTeacher(FrozenTeacher):
         self.frame_rate = encoder.frame_rate
 
     @torch.no_grad()
-    def forward(self, audio: torch.Tensor, audio_lens: torch.Tensor | None = None) -> torch.Tensor:
-        if audio_lens is None:
-            audio_lens = torch.full((audio.shape[0],), audio.shape[-1], device=audio.device)
-        return select_layer(self.encoder(audio, audio_lens, output_layers=True).layers, self.layer)
+    def encode(
+        self, audio: torch.Tensor, audio_lens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self.encoder(audio, full_lengths(audio, audio_lens), output_layers=True)
+        return select_layer(output.layers, self.layer), output.lens
 
 
 class PrecomputedTeacher(FrozenTeacher):
@@ -94,10 +121,14 @@ class PrecomputedTeacher(FrozenTeacher):
         super().__init__()
         self.field, self.dim, self.frame_rate = field, dim, frame_rate
 
-    def features(self, batch: dict) -> torch.Tensor:
+    def features_with_lens(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         if self.field not in batch:
             raise KeyError(
                 f"batch has no '{self.field}': add it to the datamodule's array_fields "
                 "(features are extracted with `python -m experiments.teacher_features`)"
             )
-        return batch[self.field].float()
+        features = batch[self.field].float()
+        lens = batch.get(f"{self.field}_lens")  # the collate's count of stored frames per item
+        if lens is None:
+            lens = torch.full((features.shape[0],), features.shape[1])
+        return features, lens.to(features.device)
