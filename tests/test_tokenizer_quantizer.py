@@ -31,17 +31,33 @@ def test_ema_update_matches_hand_computation():
     book.ema_update(frames, torch.tensor([0, 0, 1]))
     # cluster_size = 0.5*2 + 0.5*[2, 1] = [2, 1.5]; embed_sum = 0.5*[[0,0],[20,20]] + 0.5*[[4,2],[9,9]]
     assert torch.allclose(book.cluster_size, torch.tensor([2.0, 1.5]))
+    assert torch.allclose(book.embed_sum, torch.tensor([[2.0, 1.0], [14.5, 14.5]]))
     assert torch.allclose(book.embed, torch.tensor([[1.0, 0.5], [14.5 / 1.5, 14.5 / 1.5]]))
+
+
+def test_ema_laplace_smoothing_by_hand():
+    book = EMACodebook(dim=1, size=2, decay=0.5, epsilon=0.5, dead_threshold=0.0)
+    book.cluster_size.copy_(torch.tensor([2.0, 2.0]))
+    book.embed_sum.copy_(torch.tensor([[4.0], [2.0]]))
+    book.ema_update(torch.tensor([[6.0], [2.0]]), torch.tensor([0, 0]))
+    # cluster_size [2, 1], embed_sum 0.5*[4, 2] + 0.5*[8, 0] = [6, 1]; smoothed = (n + 0.5) / (3 + 2 * 0.5) * 3 = [1.875, 1.125]
+    assert torch.allclose(book.cluster_size, torch.tensor([2.0, 1.0]))
+    assert torch.allclose(book.embed[:, 0], torch.tensor([6.0 / 1.875, 1.0 / 1.125]))
 
 
 def test_dead_codes_are_replaced_by_batch_frames():
     book = EMACodebook(dim=4, size=8, dead_threshold=2.0)
     book.cluster_size.copy_(torch.tensor([5.0, 5, 0, 0, 5, 5, 5, 1]))
     frames = torch.randn(100, 4)
+    live = book.embed[[0, 1, 4, 5, 6]].clone()
     assert book.replace_dead_codes(frames) == 3
     replaced = book.embed[[2, 3, 7]]
     assert all((frames == row).all(-1).any() for row in replaced)
-    assert (book.cluster_size >= 2).all()
+    assert torch.equal(book.embed[[0, 1, 4, 5, 6]], live)  # live codes untouched
+    # a replaced code restarts at the threshold, its EMA sum consistent with it (embed = sum / size)
+    assert torch.equal(book.cluster_size, torch.tensor([5.0, 5, 2, 2, 5, 5, 5, 2]))
+    assert torch.equal(book.embed_sum[[2, 3, 7]], replaced * 2)
+    assert book.replace_dead_codes(frames) == 0  # none left below the threshold
 
 
 def test_rvq_shapes_per_level_sizes_and_reconstruction():
@@ -55,31 +71,87 @@ def test_rvq_shapes_per_level_sizes_and_reconstruction():
     codes = rvq.encode(x)
     errors = [(rvq.decode(codes[:k]) - x).pow(2).mean() for k in (1, 2, 3)]
     assert errors[0] > errors[1] > errors[2]  # every level removes part of the residual
+    # by hand: each level's code is the nearest entry to what the previous levels left
+    residual, expected = x.transpose(1, 2), []
+    for codebook in rvq.codebooks:
+        expected.append(torch.cdist(residual, codebook.embed[None]).argmin(-1))
+        residual = residual - codebook.embed[expected[-1]]
+    assert torch.equal(codes, torch.stack(expected))
+    out = rvq(x)
+    assert torch.equal(out.codes, codes)
+    assert torch.allclose(out.quantized, rvq.decode(codes), atol=1e-6)
 
 
 def test_residual_comes_from_the_code_so_later_levels_train_the_encoder():
     """EnCodec issue 25: with the residual taken from the straight-through output, the commitment loss of
-    level 2 has no gradient to the encoder output; taken from the code value, it does."""
+    level 2 has no gradient to the encoder output; taken from the code value, it does. By hand: the loss is
+    (mse(x, c1) + mse(x - c1, c2)) / 2 with codes c1, c2 constant, so its gradient is (2x - 2c1 - c2) / numel."""
     torch.manual_seed(0)
     rvq = ResidualVQ(dim=4, codebook_sizes=[16, 16], kmeans_iters=2)
     rvq(torch.randn(2, 4, 30))  # initialise codebooks
     x = torch.randn(2, 4, 30, requires_grad=True)
     rvq.eval()
-    level2_loss = rvq(x).levels[1].sum()  # level 2's straight-through output depends on the level-2 residual
-    (grad,) = torch.autograd.grad(level2_loss, x)
-    assert grad.abs().sum() > 0
-    rvq.train()
     out = rvq(x)
-    assert out.commitment_loss.requires_grad
+    c1, c2 = (
+        book.decode(codes).transpose(1, 2) for book, codes in zip(rvq.codebooks, out.codes, strict=True)
+    )
+    expected_loss = ((x - c1).pow(2).mean() + (x - c1 - c2).pow(2).mean()) / 2
+    assert torch.allclose(out.commitment_loss, expected_loss)
+    (grad,) = torch.autograd.grad(out.commitment_loss, x)
+    assert torch.allclose(grad, (2 * x - 2 * c1 - c2).detach() / x.numel(), atol=1e-7)
 
 
 def test_quantizer_dropout_uses_a_prefix_of_levels():
     torch.manual_seed(0)
     rvq = ResidualVQ(dim=4, codebook_sizes=[8] * 4, quantizer_dropout=1.0, kmeans_iters=1)
-    used = {rvq(torch.randn(1, 4, 20)).codes.shape[0] for _ in range(40)}
+    rvq(torch.randn(1, 4, 20), n_q=4)  # initialise every level (n_q=4 is the maximum, dropout may still cut)
+    while not all(bool(book.initialized) for book in rvq.codebooks):
+        rvq(torch.randn(1, 4, 20))
+    used = set()
+    for _ in range(40):
+        x = torch.randn(1, 4, 20)
+        rvq.eval()
+        full = rvq.encode(x)  # before this step's EMA update
+        rvq.train()
+        codes = rvq(x).codes
+        used.add(codes.shape[0])
+        assert torch.equal(codes, full[: codes.shape[0]])  # the first levels, as they code without dropout
     assert used == {1, 2, 3, 4}
     rvq.eval()
     assert rvq(torch.randn(1, 4, 20)).codes.shape[0] == 4
+
+
+def dropout_levels(rvq: ResidualVQ, steps: int, global_seed: int) -> list[int]:
+    levels = []
+    for step in range(steps):
+        torch.manual_seed(global_seed + step)  # the global RNG differs, as on different DDP ranks
+        levels.append(rvq(torch.randn(1, 4, 10)).codes.shape[0])
+    return levels
+
+
+@pytest.mark.parametrize("quantizer", [ResidualVQ, SplitResidualVQ])
+def test_quantizer_dropout_draws_the_same_levels_on_every_rank(quantizer):
+    """Ranks seed the global RNG alike or not, and consume it differently (k-means, dead codes); the number of
+    levels must match anyway, or ranks would all-reduce different codebooks."""
+
+    def make() -> torch.nn.Module:
+        return quantizer(dim=4, codebook_sizes=[8] * 4, quantizer_dropout=0.5, dropout_seed=7, kmeans_iters=1)
+
+    rank0, rank1 = make(), make()
+    levels = dropout_levels(rank0, 20, global_seed=0)
+    assert levels == dropout_levels(rank1, 20, global_seed=1000)
+    assert 4 in levels and len(set(levels)) > 2  # dropped in some steps, not in others
+    other_seed = quantizer(
+        dim=4, codebook_sizes=[8] * 4, quantizer_dropout=0.5, dropout_seed=8, kmeans_iters=1
+    )
+    assert dropout_levels(other_seed, 20, global_seed=0) != levels
+    # a quantizer restored from a checkpoint continues the sequence
+    resumed = make()
+    resumed.load_state_dict(rank0.state_dict())
+    assert dropout_levels(resumed, 10, global_seed=5) == dropout_levels(rank0, 10, global_seed=9)
+    # checkpoints from before the draw counter still load
+    old = {k: v for k, v in rank0.state_dict().items() if not k.endswith("dropout_draws")}
+    make().load_state_dict(old)
 
 
 def test_split_rvq_semantic_level_is_parallel_not_residual():
@@ -147,4 +219,11 @@ def test_teacher_features_are_aligned_to_codec_frames():
 @pytest.mark.parametrize("loss", [d_axis_loss, t_axis_loss])
 def test_distillation_losses_fall_to_their_minimum_when_matched(loss):
     teacher = torch.randn(2, 10, 4)
-    assert loss(teacher, teacher) < loss(-teacher, teacher)
+    minimum = -torch.log(torch.sigmoid(torch.tensor(1.0)))  # cosine 1, zero L1
+    assert torch.isclose(loss(teacher, teacher), minimum)
+    assert torch.isclose(loss(3 * teacher, teacher), minimum) == (loss is d_axis_loss)  # D-axis: scale-free
+    assert torch.isclose(
+        loss(-teacher, teacher),
+        -torch.log(torch.sigmoid(torch.tensor(-1.0)))
+        + (2 * teacher.abs().mean() if loss is t_axis_loss else 0),
+    )

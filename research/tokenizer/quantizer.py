@@ -8,6 +8,7 @@ loss (EnCodec issue 25), (b) neither all-reduces EMA statistics nor syncs dead-c
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
@@ -149,7 +150,10 @@ class ResidualVQ(nn.Module):
     """n_q EMA codebooks applied to successive residuals; codebook sizes may differ per level.
 
     `quantizer_dropout`: in training, with this probability a batch uses only the first n (uniform in 1..n_q)
-    levels, so the decoder learns to work from any prefix (bitrate scalability).
+    levels, so the decoder learns to work from any prefix (bitrate scalability). The draw comes from a generator
+    seeded by (`dropout_seed`, training-step count), not from the global RNG, so every DDP rank uses the same
+    levels in a step (otherwise ranks would all-reduce different codebooks' statistics and hang) and a resumed
+    run continues the sequence (the count is a buffer, saved in checkpoints).
     """
 
     def __init__(
@@ -158,12 +162,15 @@ class ResidualVQ(nn.Module):
         dim: int,
         codebook_sizes: list[int],
         quantizer_dropout: float = 0.0,
+        dropout_seed: int = 0,
         **codebook_kwargs,
     ):
         super().__init__()
         self.dim = dim
         self.codebook_sizes = list(codebook_sizes)
         self.quantizer_dropout = quantizer_dropout
+        self.dropout_seed = dropout_seed
+        self.register_buffer("dropout_draws", torch.zeros((), dtype=torch.long))
         self.codebooks = nn.ModuleList(
             EMACodebook(dim=dim, size=s, **codebook_kwargs) for s in codebook_sizes
         )
@@ -172,10 +179,19 @@ class ResidualVQ(nn.Module):
     def n_q(self) -> int:
         return len(self.codebooks)
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # checkpoints saved before the draw counter existed start it at 0
+        state_dict.setdefault(f"{prefix}dropout_draws", torch.zeros((), dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def levels_for_step(self, n_q: int | None) -> int:
         n_q = n_q or self.n_q
-        if self.training and self.quantizer_dropout > 0 and torch.rand(()) < self.quantizer_dropout:
-            n_q = int(torch.randint(1, n_q + 1, ()))
+        if self.training and self.quantizer_dropout > 0:
+            # Python's Random uses every bit of a large int seed (torch's CPU generator keeps only 32)
+            rng = random.Random((self.dropout_seed << 64) + int(self.dropout_draws))
+            self.dropout_draws += 1
+            if rng.random() < self.quantizer_dropout:
+                n_q = rng.randint(1, n_q)
         return n_q
 
     def forward(self, x: torch.Tensor, n_q: int | None = None) -> QuantizerOutput:
@@ -230,13 +246,23 @@ class SplitResidualVQ(nn.Module):
     and the decoder gets the sum of both outputs. Codes are [semantic, acoustic...]."""
 
     def __init__(
-        self, *, dim: int, codebook_sizes: list[int], quantizer_dropout: float = 0.0, **codebook_kwargs
+        self,
+        *,
+        dim: int,
+        codebook_sizes: list[int],
+        quantizer_dropout: float = 0.0,
+        dropout_seed: int = 0,
+        **codebook_kwargs,
     ):
         super().__init__()
         self.codebook_sizes = list(codebook_sizes)
         self.semantic = ResidualVQ(dim=dim, codebook_sizes=codebook_sizes[:1], **codebook_kwargs)
         self.acoustic = ResidualVQ(
-            dim=dim, codebook_sizes=codebook_sizes[1:], quantizer_dropout=quantizer_dropout, **codebook_kwargs
+            dim=dim,
+            codebook_sizes=codebook_sizes[1:],
+            quantizer_dropout=quantizer_dropout,
+            dropout_seed=dropout_seed,
+            **codebook_kwargs,
         )
         self.project_in = nn.ModuleDict({k: nn.Conv1d(dim, dim, 1) for k in ("semantic", "acoustic")})
         self.project_out = nn.ModuleDict({k: nn.Conv1d(dim, dim, 1) for k in ("semantic", "acoustic")})
