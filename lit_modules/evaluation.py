@@ -7,15 +7,24 @@ from __future__ import annotations
 from torch import nn
 
 
+def test_set_names(module) -> list[str]:
+    return getattr(module.trainer.datamodule, "test_set_names", None) or ["test"]
+
+
+def test_prefix(module, dataloader_idx: int) -> str:
+    """`test` for the first test set, `test_<name>` for the others."""
+    return "test" if dataloader_idx == 0 else f"test_{test_set_names(module)[dataloader_idx]}"
+
+
 class PerTestSetEvaluation:
     def on_test_start(self) -> None:
         self.test_metrics = nn.ModuleList(self.make_metrics() for _ in self.test_set_names()).to(self.device)
 
     def test_set_names(self) -> list[str]:
-        return getattr(self.trainer.datamodule, "test_set_names", None) or ["test"]
+        return test_set_names(self)
 
     def test_prefix(self, dataloader_idx: int) -> str:
-        return "test" if dataloader_idx == 0 else f"test_{self.test_set_names()[dataloader_idx]}"
+        return test_prefix(self, dataloader_idx)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch["audio"].shape[0] > 0:  # not a batch of bad audio only

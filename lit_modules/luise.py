@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from lit_modules.evaluation import test_prefix
 from lit_modules.optim import optimizers_with_schedule
 from lit_modules.steps import empty_batch_loss
 from research.encoder import SUBSAMPLING, ConformerEncoder
@@ -110,13 +111,20 @@ class LUISEModule(L.LightningModule):
 
     # --- steps ------------------------------------------------------------------------------------------------
     def log_step(self, prefix: str, values: dict[str, torch.Tensor], size: int) -> None:
+        sync = prefix != "train"
         self.log(
-            f"{prefix}/loss", values["loss"], prog_bar=True, batch_size=size, sync_dist=prefix != "train"
+            f"{prefix}/loss",
+            values["loss"],
+            prog_bar=True,
+            batch_size=size,
+            sync_dist=sync,
+            add_dataloader_idx=False,
         )
         self.log_dict(
             {f"{prefix}/{name}": value for name, value in values.items() if name != "loss"},
             batch_size=size,
-            sync_dist=prefix != "train",
+            sync_dist=sync,
+            add_dataloader_idx=False,  # test sets are told apart by their prefix
         )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -127,11 +135,17 @@ class LUISEModule(L.LightningModule):
         return values["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.held_out_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.held_out_step(batch, batch_idx, test_prefix(self, dataloader_idx))
+
+    def held_out_step(self, batch: dict, batch_idx: int, prefix: str) -> None:
         if batch["audio"].shape[0] == 0:
             return
         # the same masks at every validation, so the curves compare
         generator = torch.Generator().manual_seed(self.hparams.validation_seed + batch_idx)
-        self.log_step("val", self.masked_step(batch, generator), batch["audio"].shape[0])
+        self.log_step(prefix, self.masked_step(batch, generator), batch["audio"].shape[0])
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer_factory(self.parameters())

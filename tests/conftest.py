@@ -34,6 +34,7 @@ def tiny_overrides(data_dir: Path, output_dir: Path, *extra: str) -> list[str]:
         "experiment=asr/ctc_digits",
         f"paths.data_dir={data_dir}",
         f"paths.output_dir={output_dir}",
+        f"paths.runs_dir={output_dir.parent / 'runs'}",  # Hydra's own run folder: never the user's runs/
         f"paths.mirror_dir={MIRROR}",
         f"data.preparers.connected_digits.counts={TINY_COUNTS}",
         "data.batch_size=8",
@@ -46,6 +47,21 @@ def tiny_overrides(data_dir: Path, output_dir: Path, *extra: str) -> list[str]:
         *TINY_MODEL,
         *extra,
     ]
+
+
+def user_folders() -> dict[str, set[str]]:
+    return {name: {p.name for p in (REPO / name).glob("*/*")} for name in ("runs", "mlruns", "mlartifacts")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tests_leave_the_users_folders_alone():
+    """Fails the session if any test wrote into the repository's runs/, mlruns/ or mlartifacts/."""
+    before = user_folders()
+    yield
+    added = {
+        name: sorted(found - before[name]) for name, found in user_folders().items() if found - before[name]
+    }
+    assert not added, f"tests wrote into the user's folders: {added}"
 
 
 @pytest.fixture(scope="session")
@@ -212,6 +228,26 @@ def tiny_tokenizer_overrides(data_dir: Path, output_dir: Path, teacher_ckpt: Pat
         f"model.teacher.ckpt_path={teacher_ckpt}",
         *extra,
     ]
+
+
+@pytest.fixture(scope="session")
+def tiny_hubert_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer HuBERT saved with save_pretrained, standing in for hubert-base."""
+    from transformers import HubertConfig, HubertModel
+
+    config = HubertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16, 16, 16, 16, 16, 16),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    )
+    folder = tmp_path_factory.mktemp("hubert")
+    torch.manual_seed(0)
+    HubertModel(config).save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ def sweep_store(tiny_data_dir, tmp_path_factory) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = tiny_overrides(tiny_data_dir, tmp_path / "unused", "test=false", "trainer.max_steps=3")
     overrides = [o for o in overrides if not o.startswith("paths.output_dir")]
-    args = ["-m", *overrides, f"paths.runs_dir={tmp_path / 'runs'}", "model.optimizer.lr=1e-3,3e-3"]
+    args = ["-m", *overrides, "model.optimizer.lr=1e-3,3e-3"]  # Hydra folders under tmp_path/runs
     run_python_module("experiments.train", args, env={"MLFLOW_TRACKING_URI": uri})
     return uri
 

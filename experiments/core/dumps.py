@@ -136,13 +136,8 @@ def dump_per_utterance(
                 except BadAudioError as error:
                     failed.add(index)
                     result.failed.append((str(error.path), error.reason))
-                    log.error(
-                        "cannot read %s: %s (row %d of %s)",
-                        error.path,
-                        error.reason,
-                        index + 1,
-                        manifest.path,
-                    )
+                    where = f" (line {index + 1} of {manifest.path})" if manifest.path.is_file() else ""
+                    log.error("cannot read %s: %s%s", error.path, error.reason, where)
             if indices:
                 audio, lens = pad_stack(waves)
                 for index, array in zip(indices, compute(audio[:, None, :], lens), strict=True):

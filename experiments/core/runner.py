@@ -25,7 +25,7 @@ from experiments.core.checkpoints import (
 )
 from experiments.core.cli import UserError
 from lit_modules.artifacts import find_mlflow_logger
-from lit_modules.callbacks import ResumeState, SkippedAudioCounter
+from lit_modules.callbacks import ResumeState, SkippedAudioCounter, ValidateAtLastStep
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,13 @@ def build_callbacks(cfg: DictConfig, *, has_logger: bool = True) -> list[L.Callb
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     # parts loaded from upstream checkpoints are stored as the configs that built them: the file stands alone
     resolved = inline_loaded_parts(OmegaConf.to_container(cfg, resolve=True))
-    return [*callbacks, ResumeState(config=resolved), PlainHyperparameters(), SkippedAudioCounter()]
+    extra = [
+        ResumeState(config=resolved),
+        PlainHyperparameters(),
+        SkippedAudioCounter(),
+        ValidateAtLastStep(),
+    ]
+    return [*callbacks, *extra]
 
 
 def record_checkpoints(trainer: L.Trainer, mlflow_logger) -> None:

@@ -1,0 +1,79 @@
+"""Every experiment config composes and builds its model, datamodule and trainer, so no config rots unnoticed.
+Upstream parts come from tiny checkpoints and a tiny HuBERT directory the tests make themselves."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from datamodules.audio_datamodule import AudioDataModule
+from experiments.core.checkpoints import load_checkpoint
+from experiments.core.cli import experiment_names
+from experiments.core.compose import compose_config
+from research.encoder import ConformerEncoder
+
+CPU_TRAINER = [
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "trainer.precision=32-true",
+    "++trainer.strategy=auto",
+]
+
+
+def upstream_overrides(name: str, ctc_ckpt, hubert_dir) -> list[str]:
+    """What each experiment needs from outside: a teacher, an encoder to fine-tune."""
+    encoder_teacher = [
+        f"model.teacher.ckpt_path={ctc_ckpt}",
+        "model.teacher.layer=1",
+        "model.codec.semantic_dim=32",
+    ]
+    return {
+        "tokenizer/cpu": encoder_teacher,
+        "tokenizer/baichuan": encoder_teacher,
+        "tokenizer/split_rvq": encoder_teacher,
+        "tokenizer/paper": [f"model.teacher.model_dir={hubert_dir}", "model.codec.semantic_dim=32"],
+        "ssl/luise_sft": [
+            f"model.net.encoder.ckpt_path={ctc_ckpt}",
+            "model.net.encoder.key=net.encoder",
+            "model.reset_encoder_layers=1",
+        ],
+    }.get(name, [])
+
+
+def test_the_list_of_experiments_is_the_documented_one():
+    assert experiment_names() == [
+        "asr/ctc_digits",
+        "ssl/luise_iter1",
+        "ssl/luise_iter2",
+        "ssl/luise_sft",
+        "tokenizer/baichuan",
+        "tokenizer/cpu",
+        "tokenizer/no_distill",
+        "tokenizer/paper",
+        "tokenizer/split_rvq",
+    ]
+
+
+@pytest.mark.parametrize("name", experiment_names())
+def test_every_experiment_builds_model_data_and_trainer(name, tiny_ctc_checkpoint, tiny_hubert_dir, tmp_path):
+    overrides = [
+        f"experiment={name}",
+        f"paths.output_dir={tmp_path}",
+        *upstream_overrides(name, tiny_ctc_checkpoint, tiny_hubert_dir),
+    ]
+    cfg = compose_config(overrides)
+    assert cfg.experiment_name == name and cfg.component == name.split("/")[0]
+    model = instantiate(cfg.model)
+    assert isinstance(model, L.LightningModule)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
+    datamodule = instantiate(cfg.data)
+    assert isinstance(datamodule, AudioDataModule)
+    trainer = instantiate(compose_config([*overrides, *CPU_TRAINER]).trainer, logger=False)
+    assert trainer.max_steps > 0
+    if name == "ssl/luise_sft":  # the fine-tuned encoder is the upstream one, with its weights
+        upstream = load_checkpoint(tiny_ctc_checkpoint)["state_dict"]
+        encoder = model.net.encoder
+        assert isinstance(encoder, ConformerEncoder) and encoder.training
+        assert torch.equal(encoder.subsampling.proj.weight, upstream["net.encoder.subsampling.proj.weight"])
