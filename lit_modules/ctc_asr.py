@@ -20,7 +20,7 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 from lit_modules.artifacts import log_audio, log_figure, log_text
 from lit_modules.evaluation import PerTestSetEvaluation
 from lit_modules.optim import optimizers_with_schedule
-from lit_modules.steps import empty_batch_loss
+from lit_modules.steps import all_skipped, empty_batch_loss
 from research.asr.ctc import ConformerCTC
 from research.text import ctc_greedy_decode
 
@@ -63,7 +63,7 @@ class CTCASRModule(PerTestSetEvaluation, L.LightningModule):
         self.net.encoder.requires_grad_(not frozen)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        if batch["audio"].shape[0] == 0:  # every item of the batch was bad audio
+        if all_skipped(batch):
             return empty_batch_loss(self)
         log_probs, lens = self(batch["audio"], batch["audio_lens"])
         loss, skipped = self.net.loss_and_skipped(log_probs, lens, batch["text"])
@@ -104,7 +104,7 @@ class CTCASRModule(PerTestSetEvaluation, L.LightningModule):
         return log_probs, lens, hypotheses
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        if batch["audio"].shape[0] == 0:
+        if all_skipped(batch):
             return
         log_probs, lens, hypotheses = self.evaluate(batch, self.val_metrics, "val")
         if batch_idx == 0:

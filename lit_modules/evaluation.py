@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from lit_modules.steps import all_skipped
+
 
 def test_set_names(module) -> list[str]:
     return getattr(module.trainer.datamodule, "test_set_names", None) or ["test"]
@@ -27,5 +29,5 @@ class PerTestSetEvaluation:
         return test_prefix(self, dataloader_idx)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if batch["audio"].shape[0] > 0:  # not a batch of bad audio only
+        if not all_skipped(batch):
             self.evaluate(batch, self.test_metrics[dataloader_idx], self.test_prefix(dataloader_idx))

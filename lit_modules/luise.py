@@ -16,7 +16,7 @@ from torch import nn
 
 from lit_modules.evaluation import test_prefix
 from lit_modules.optim import optimizers_with_schedule
-from lit_modules.steps import empty_batch_loss
+from lit_modules.steps import all_skipped, empty_batch_loss
 from research.encoder import SUBSAMPLING, ConformerEncoder
 from research.features import lengths_to_mask
 from research.ssl.masking import MaskedFeatures, frames_fully_masked, span_mask
@@ -128,7 +128,7 @@ class LUISEModule(L.LightningModule):
         )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        if batch["audio"].shape[0] == 0:  # every item of the batch was bad audio
+        if all_skipped(batch):
             return empty_batch_loss(self)
         values = self.masked_step(batch)
         self.log_step("train", values, batch["audio"].shape[0])
@@ -141,7 +141,7 @@ class LUISEModule(L.LightningModule):
         self.held_out_step(batch, batch_idx, test_prefix(self, dataloader_idx))
 
     def held_out_step(self, batch: dict, batch_idx: int, prefix: str) -> None:
-        if batch["audio"].shape[0] == 0:
+        if all_skipped(batch):
             return
         # the same masks at every validation, so the curves compare
         generator = torch.Generator().manual_seed(self.hparams.validation_seed + batch_idx)

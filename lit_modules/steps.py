@@ -19,3 +19,8 @@ def empty_batch_loss(parameters: nn.Module | Iterable[nn.Parameter]) -> torch.Te
     if not trainable:  # nothing to train (all frozen): still a loss that backward accepts
         return torch.zeros((), requires_grad=True)
     return sum((p.sum() * 0.0 for p in trainable[1:]), trainable[0].sum() * 0.0)
+
+
+def all_skipped(batch: dict) -> bool:
+    """True when every item of the batch was skipped as bad audio (the collate kept none)."""
+    return batch["audio"].shape[0] == 0

@@ -24,6 +24,7 @@ from torchmetrics.audio import (
 
 from lit_modules.artifacts import log_audio, log_figure
 from lit_modules.evaluation import PerTestSetEvaluation
+from lit_modules.steps import all_skipped, empty_batch_loss
 from research.metrics import DNSMOS, CodebookUsage, SpeakerSimilarity, pesq_score
 from research.tokenizer.codec import CodecOutput, SpeechTokenizerCodec, detach_weight_norm_, swap_first_level
 from research.tokenizer.discriminators import CodecDiscriminator
@@ -197,10 +198,14 @@ class SpeechTokenizerModule(PerTestSetEvaluation, L.LightningModule):
         optimizer.step()
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        if batch["audio"].shape[0] == 0:  # every item of the batch was bad audio
-            return
         optimizers = self.optimizers()
         generator_opt, discriminator_opt = optimizers if isinstance(optimizers, list) else (optimizers, None)
+        if all_skipped(batch):  # the same optimizer steps as any batch, so DDP ranks stay in step
+            if self.adversarial:
+                self.optimizer_step_(discriminator_opt, empty_batch_loss(self.discriminator.parameters()))
+            self.optimizer_step_(generator_opt, empty_batch_loss(self.codec.parameters()))
+            self.after_generator_step()
+            return
         output = self.codec(batch["audio"])
         size = batch["audio"].shape[0]
         if self.adversarial:
@@ -209,12 +214,25 @@ class SpeechTokenizerModule(PerTestSetEvaluation, L.LightningModule):
             self.log("train/discriminator", discriminator_loss, batch_size=size)
         losses = self.generator_losses(batch, output)
         self.optimizer_step_(generator_opt, losses["total"])
-        self.generator_steps += 1
-        if self.hparams.scheduler_interval == "step":
-            self.step_schedulers()
+        self.after_generator_step()
         self.log("train/generator", losses.pop("total"), prog_bar=True, batch_size=size)
         self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=size)
         self.log("train/generator_steps", self.generator_steps.float(), batch_size=size)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the frozen teacher is rebuilt from its own source: its weights do not belong in the student's checkpoint
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.teacher is not None:  # resuming: the teacher keeps the weights it was built with
+            checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
+
+    def after_generator_step(self) -> None:
+        self.generator_steps += 1
+        if self.hparams.scheduler_interval == "step":
+            self.step_schedulers()
 
     def step_schedulers(self) -> None:
         schedulers = self.lr_schedulers()
@@ -291,7 +309,7 @@ class SpeechTokenizerModule(PerTestSetEvaluation, L.LightningModule):
         self.log_dict(values)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        if batch["audio"].shape[0] == 0:
+        if all_skipped(batch):
             return
         result = self.evaluate(batch, self.val_metrics, "val")
         if batch_idx == 0:

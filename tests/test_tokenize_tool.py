@@ -82,9 +82,17 @@ def test_decode_resynth_and_convert(codec, tiny_tokenizer_run, tmp_path):
         )
         == 0
     )
-    assert sf.info(tmp_path / "d.wav").frames == frames * 320
+    decoded, rate = sf.read(tmp_path / "d.wav", dtype="float32")
+    assert rate == 16000 and len(decoded) == frames * 320
+    with torch.no_grad():
+        expected = codec.decode(torch.from_numpy(np.load(codes_file).astype(np.int64)).T[:, None, :])[0, 0]
+    assert np.abs(decoded - np.clip(expected.numpy(), -1, 1)).max() < 1e-4  # 16-bit PCM of the decoded audio
+    codes = torch.from_numpy(np.load(codes_file).astype(np.int64)).T[:, None, :]  # (n_q, 1, frames)
     one_level = tokens.decode_file(codec, str(codes_file), levels=1)
-    assert not torch.allclose(one_level, tokens.decode_file(codec, str(codes_file)))
+    with torch.no_grad():
+        assert torch.allclose(one_level, codec.decode(codes[:1])[0])
+        assert torch.allclose(tokens.decode_file(codec, str(codes_file)), codec.decode(codes)[0])
+    assert not torch.allclose(one_level, codec.decode(codes)[0])  # RVQ-2..4 add something
     out = tmp_path / "r.wav"
     assert (
         tokenize.main(["resynth", "--ckpt", ckpt, "--audio", audio[0], "--levels", "1", "--out", str(out)])

@@ -147,9 +147,7 @@ def test_group_by_length_batches_equal_lengths_together():
     ]
 
 
-def test_teachers_report_valid_frame_counts(tmp_path):
-    from transformers import HubertConfig, HubertModel
-
+def test_teachers_report_valid_frame_counts(tiny_hubert_dir):
     torch.manual_seed(0)
     encoder = ConformerEncoder(d_model=16, num_layers=1, num_heads=2, ffn_dim=32, subsampling_channels=4)
     audio = torch.randn(2, 1, 8000) * 0.1
@@ -158,17 +156,7 @@ def test_teachers_report_valid_frame_counts(tmp_path):
     features, frames = teacher.features_with_lens({"audio": audio, "audio_lens": lens})
     alone, _ = teacher.features_with_lens({"audio": audio[1:, :, :3000], "audio_lens": lens[1:]})
     assert frames[0] == features.shape[1] and frames[1] == alone.shape[1] < features.shape[1]
-    config = HubertConfig(
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        conv_dim=(8,) * 7,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
-    )
-    HubertModel(config).save_pretrained(tmp_path)
-    hubert = HuggingFaceTeacher(model_dir=str(tmp_path), layer=1)
+    hubert = HuggingFaceTeacher(model_dir=str(tiny_hubert_dir), layer=1)
     features, frames = hubert.features_with_lens({"audio": audio, "audio_lens": lens})
     alone = hubert(audio[1:, :, :3000])
     assert frames.tolist() == [features.shape[1], alone.shape[1]] == [24, 9]

@@ -1,27 +1,8 @@
 import pytest
 import torch
-from transformers import HubertConfig, HubertModel
 
 from research.tokenizer.distillation import align_to_frames
 from research.tokenizer.teachers import HuggingFaceTeacher
-
-
-@pytest.fixture(scope="module")
-def tiny_hubert_dir(tmp_path_factory):
-    """A randomly initialised 2-layer HuBERT saved with save_pretrained, standing in for hubert-base."""
-    config = HubertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        conv_dim=(16, 16, 16, 16, 16, 16, 16),
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
-    )
-    folder = tmp_path_factory.mktemp("hubert")
-    torch.manual_seed(0)
-    HubertModel(config).save_pretrained(folder)
-    return folder
 
 
 def test_teacher_loads_from_disk_with_hubert_rate(tiny_hubert_dir):

@@ -9,6 +9,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
+from experiments.core.checkpoints import load_checkpoint
 from experiments.core.runner import check_training_modes, evaluate, train
 from tests.conftest import tiny_overrides
 
@@ -65,15 +66,31 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(
     )
     assert resumed["val/wer"] == straight["val/wer"]
     assert abs(resumed["val/loss"] - straight["val/loss"]) < 1e-5
-    weights_a = torch.load(tmp_path / "a/checkpoints/last.ckpt", weights_only=False)["state_dict"]
-    weights_b = torch.load(last, weights_only=False)["state_dict"]
+    weights_a = load_checkpoint(tmp_path / "a/checkpoints/last.ckpt")["state_dict"]
+    weights_b = load_checkpoint(last)["state_dict"]
     assert all(torch.allclose(weights_a[k], weights_b[k], atol=1e-6) for k in weights_a)
 
     client, runs = runs_of(mlflow_store)
     assert len(runs) == 2  # the resumed job continued its MLflow run instead of opening a third
-    run_b = torch.load(last, weights_only=False)["mlflow_run_id"]
+    run_b = load_checkpoint(last)["mlflow_run_id"]
     steps = [m.step for m in client.get_metric_history(run_b, "train/loss")]
-    assert sorted(steps) == list(range(8))
+    assert sorted(steps) == list(range(1, 9))  # at the global step, 1 after the first optimizer step
+
+
+def test_training_ends_validated_and_steps_agree_across_metrics_artifacts_and_checkpoints(
+    tiny_data_dir, tmp_path, mlflow_store, compose_config
+):
+    """5 steps, validation every 3: validated at 3 and at the last step; metrics, artifact folders and checkpoint
+    names all say 3 and 5 (Lightning alone logs validation at 2 and 4 and never validates step 5)."""
+    overrides = ["trainer.max_steps=5", "test=false", "callbacks.model_checkpoint.save_top_k=-1"]
+    train(compose_config(tiny_overrides(tiny_data_dir, tmp_path / "run", *overrides)))
+    client, (run,) = runs_of(mlflow_store)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/wer")] == [3, 5]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4, 5]
+    folders = [a.path for a in client.list_artifacts(run.info.run_id, "audio")]
+    assert folders == ["audio/step_0000003", "audio/step_0000005"]
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step*.ckpt"))
+    assert checkpoints == ["step0000003.ckpt", "step0000005.ckpt"]
 
 
 def test_bad_audio_is_skipped_and_counted(tiny_data_dir, tmp_path, mlflow_store, compose_config):

@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
@@ -26,6 +27,7 @@ from experiments.core.checkpoints import (
 from experiments.core.cli import UserError
 from lit_modules.artifacts import find_mlflow_logger
 from lit_modules.callbacks import ResumeState, SkippedAudioCounter, ValidateAtLastStep
+from lit_modules.loggers import GlobalStepMLFlowLogger
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,14 @@ def build_loggers(cfg: DictConfig, tags: dict[str, str]) -> list:
         else:
             loggers.append(instantiate(logger_cfg))
     return loggers
+
+
+def attach_loggers(trainer: L.Trainer, loggers: list) -> MLFlowLogger | None:
+    """Give step-aligned loggers their trainer; returns the MLflow logger, if any."""
+    for logger in loggers:
+        if isinstance(logger, GlobalStepMLFlowLogger):
+            logger.trainer = trainer
+    return find_mlflow_logger(loggers)
 
 
 def build_callbacks(cfg: DictConfig, *, has_logger: bool = True) -> list[L.Callback]:
@@ -133,7 +143,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = build_loggers(cfg, tags)
     callbacks = build_callbacks(cfg, has_logger=bool(loggers))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    mlflow_logger = find_mlflow_logger(loggers)
+    mlflow_logger = attach_loggers(trainer, loggers)
     if mlflow_logger is not None:
         tracking.record_run(mlflow_logger, cfg, tags)
 
@@ -202,7 +212,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         tags[f"{tracking.TAG_PREFIX}evaluates_run"] = source_run
     loggers = build_loggers(cfg, tags)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[SkippedAudioCounter()])
-    mlflow_logger = find_mlflow_logger(loggers)
+    mlflow_logger = attach_loggers(trainer, loggers)
     if mlflow_logger is not None:
         tracking.record_run(mlflow_logger, cfg, tags)
     trainer.test(model, datamodule=datamodule, ckpt_path=str(ckpt_path), weights_only=True)
