@@ -187,6 +187,17 @@ def speech_batch(mirror) -> dict:
     return {"audio": audio, "audio_lens": torch.full((4,), 9600), "id": names}
 
 
+def assert_empty_batch_step_is_a_connected_zero(module) -> None:
+    """An all-bad-audio batch must give a zero loss whose backward reaches every trainable parameter (with zero
+    gradients), so that DDP ranks all take the same step."""
+    empty = {"audio": torch.zeros(0, 1, 0), "audio_lens": torch.zeros(0, dtype=torch.long), "n_skipped": 2}
+    loss = module.training_step(empty, 0)
+    assert loss is not None and float(loss.detach()) == 0.0
+    loss.backward()
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None and not p.grad.any() for p in trainable)
+
+
 def sine(seconds: float, sample_rate: int, freq: float = 440.0, channels: int = 1) -> np.ndarray:
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     wave = 0.5 * np.sin(2 * np.pi * freq * t).astype(np.float32)
@@ -223,6 +234,7 @@ def tiny_tokenizer_overrides(data_dir: Path, output_dir: Path, teacher_ckpt: Pat
         *TINY_TOKENIZER,
         f"paths.data_dir={data_dir}",
         f"paths.output_dir={output_dir}",
+        f"paths.runs_dir={output_dir.parent / 'runs'}",
         f"paths.mirror_dir={MIRROR}",
         f"data.preparers.connected_digits.counts={TINY_COUNTS}",
         f"model.teacher.ckpt_path={teacher_ckpt}",

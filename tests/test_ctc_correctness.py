@@ -12,7 +12,7 @@ from lit_modules.ctc_asr import CTCASRModule
 from research.asr.ctc import ConformerCTC, ctc_loss_skipping_too_short, ctc_too_short
 from research.encoder import ConformerEncoder
 from research.text import CharVocabulary
-from tests.conftest import fit_on_batch
+from tests.conftest import assert_empty_batch_step_is_a_connected_zero, fit_on_batch
 
 
 def test_too_short_means_no_alignment_exists():
@@ -77,10 +77,4 @@ def test_module_skips_too_short_utterances_and_counts_them():
 
 
 def test_module_empty_batch_gives_a_zero_loss_reaching_every_trainable_parameter():
-    module = tiny_module()
-    empty = {"audio": torch.zeros(0, 1, 0), "audio_lens": torch.zeros(0, dtype=torch.long), "n_skipped": 3}
-    loss = module.training_step(empty, 0)
-    assert loss is not None and float(loss.detach()) == 0.0
-    loss.backward()
-    trainable = [p for p in module.parameters() if p.requires_grad]
-    assert trainable and all(p.grad is not None and not p.grad.any() for p in trainable)
+    assert_empty_batch_step_is_a_connected_zero(tiny_module())

@@ -13,8 +13,14 @@ from tests.conftest import MIRROR, TINY_COUNTS, tiny_overrides
 
 
 def evaluate_checkpoint(ckpt, *extra: str) -> dict[str, float]:
-    """What `python -m experiments.eval ckpt_path=<ckpt>` runs: no experiment, no model or data overrides."""
-    return evaluate(compose_config([f"ckpt_path={ckpt}", "+trainer.limit_test_batches=1", *extra], "eval"))
+    """What `python -m experiments.eval ckpt_path=<ckpt>` runs: no experiment, no model or data overrides (the
+    output folder is Hydra's under the command)."""
+    overrides = [
+        f"ckpt_path={ckpt}",
+        f"paths.output_dir={ckpt.parent.parent / 'eval'}",
+        "+trainer.limit_test_batches=1",
+    ]
+    return evaluate(compose_config([*overrides, *extra], "eval"))
 
 
 def tiny_luise(data_dir, output_dir, experiment: str, *extra: str) -> list[str]:
@@ -27,7 +33,7 @@ def tiny_luise(data_dir, output_dir, experiment: str, *extra: str) -> list[str]:
         "data.batch_size=4",
         "data.num_workers=0",
         "trainer.max_steps=3",
-        "trainer.limit_val_batches=1",
+        "++trainer.limit_val_batches=1",
         "callbacks.progress_bar.refresh_rate=0",
         *extra,
     ]

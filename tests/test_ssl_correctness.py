@@ -9,6 +9,7 @@ from lit_modules.luise import LUISEModule
 from research.encoder import SUBSAMPLING, ConformerEncoder
 from research.features import LogMel
 from research.ssl.targets import RandomProjectionQuantizer, stack_frames
+from tests.conftest import assert_empty_batch_step_is_a_connected_zero
 
 
 def voiced_audio(seconds: float = 2.0, sample_rate: int = 16000) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,10 +60,4 @@ def test_luise_labels_the_same_under_bf16_autocast():
 
 
 def test_luise_empty_batch_gives_a_zero_loss_reaching_every_trainable_parameter():
-    module = tiny_luise()
-    empty = {"audio": torch.zeros(0, 1, 0), "audio_lens": torch.zeros(0, dtype=torch.long), "n_skipped": 2}
-    loss = module.training_step(empty, 0)
-    assert loss is not None and float(loss.detach()) == 0.0
-    loss.backward()
-    trainable = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
-    assert trainable and all(p.grad is not None and not p.grad.any() for _, p in trainable)
+    assert_empty_batch_step_is_a_connected_zero(tiny_luise())
