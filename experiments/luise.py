@@ -15,9 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from experiments.core.cli import add_checkpoint_source, run_command
+from experiments.core.cli import add_checkpoint_source, data_dir, run_command
+from experiments.core.pipelines.luise import label_manifests
 
-DATA = Path("data")
+DATA = data_dir()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,15 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     probe.add_argument("--hidden", type=int, default=128, help="probe BiLSTM size (0: a linear probe)")
     labels.add_argument("--layer", type=int, required=True)
     labels.add_argument("--k", type=int, default=100)
-    labels.add_argument(
-        "--manifests",
-        nargs="+",
-        default=[
-            str(DATA / "librispeech_unlabeled" / "all.jsonl"),
-            str(DATA / "connected_digits" / "train.jsonl"),
-            str(DATA / "connected_digits" / "val.jsonl"),
-        ],
-    )
+    labels.add_argument("--manifests", nargs="+", default=[str(m) for m in label_manifests(DATA)])
     labels.add_argument("--fit-utterances", type=int, default=300)
     labels.add_argument("--out-dir", help="default: data/luise_labels/<hash of source, layer, k, seed>")
     labels.add_argument("--batch-size", type=int, default=8)
@@ -57,17 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from experiments.core.checkpoints import load_submodule, resolve_checkpoint
     from experiments.core.dumps import checkpoint_source
-    from experiments.core.luise import kmeans_labels, log_probe_to_mlflow, probe_manifests
+    from experiments.core.luise import kmeans_labels, probe_and_report
     from experiments.core.stages import config_hash
-    from research.ssl.layer_probe import best_layer, format_table
 
     checkpoint = resolve_checkpoint(args.ckpt, args.run_id)
     encoder = load_submodule(args.key, ckpt_path=str(checkpoint))
     if args.command == "probe":
-        rows = probe_manifests(
+        probe_and_report(
             encoder,
             args.train_manifest,
             args.test_manifest,
+            run_id=args.run_id,
             train_limit=args.train_limit,
             test_limit=args.test_limit,
             steps=args.steps,
@@ -75,10 +68,6 @@ def main(argv: list[str] | None = None) -> int:
             hidden=args.hidden,
             seed=args.seed,
         )
-        print(format_table(rows))
-        print(f"best layer: {best_layer(rows)}")
-        if args.run_id:
-            log_probe_to_mlflow(args.run_id, rows)
         return 0
     source = checkpoint_source(checkpoint, key=args.key)
     out_dir = Path(

@@ -13,10 +13,8 @@ import importlib
 import sys
 from pathlib import Path
 
-from experiments.core.cli import run_command
+from experiments.core.cli import ROOT, run_command
 from experiments.core.pipelines import PIPELINES
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

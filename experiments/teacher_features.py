@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 from experiments.core.cli import add_checkpoint_source, run_command
 
@@ -50,10 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     layer = args.layer if args.layer == "avg" else int(args.layer)
     if args.hf_model:
         teacher = HuggingFaceTeacher(model_dir=args.hf_model, layer=layer, sample_rate=args.sample_rate)
-        source = {"hf_model": str(Path(args.hf_model).resolve()), "layer": layer}
+        source = checkpoint_source(args.hf_model, layer=layer, sample_rate=args.sample_rate)
     else:
-        teacher = encoder_teacher(ckpt_path=args.ckpt, run_id=args.run_id, layer=layer)
-        source = checkpoint_source(resolve_checkpoint(args.ckpt, args.run_id), layer=layer)
+        checkpoint = resolve_checkpoint(args.ckpt, args.run_id)
+        teacher = encoder_teacher(ckpt_path=str(checkpoint), layer=layer)
+        source = checkpoint_source(checkpoint, layer=layer, sample_rate=args.sample_rate)
     result = dump_per_utterance(
         args.manifest,
         column=args.column,

@@ -64,10 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("give either --manifest or --audio")
     if args.command == "encode" and args.audio and not args.out_dir:
         raise UserError("encoding audio files needs an output folder (--out-dir)")
-    from experiments.core.tokens import codec_source, decode_file, encode, load_codec
+    from experiments.core.checkpoints import resolve_checkpoint
+    from experiments.core.dumps import checkpoint_source
+    from experiments.core.tokens import decode_file, encode, load_codec
     from research.audio import load_audio, write_audio
 
-    codec = load_codec(args.ckpt, args.run_id)
+    checkpoint = resolve_checkpoint(args.ckpt, args.run_id)
+    codec = load_codec(ckpt=str(checkpoint))
     rate = codec.sample_rate
     if args.command == "encode":
         result = encode(
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             n_q=args.levels,
             batch_size=args.batch_size,
             overwrite=args.overwrite,
-            source=codec_source(args.ckpt, args.run_id, levels=args.levels),
+            source=checkpoint_source(checkpoint, levels=args.levels),
         )
         print(
             f"{result.written} encoded, {result.reused} kept, {len(result.failed)} failed -> {result.out_dir}"

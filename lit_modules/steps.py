@@ -24,3 +24,13 @@ def empty_batch_loss(parameters: nn.Module | Iterable[nn.Parameter]) -> torch.Te
 def all_skipped(batch: dict) -> bool:
     """True when every item of the batch was skipped as bad audio (the collate kept none)."""
     return batch["audio"].shape[0] == 0
+
+
+def any_rank_all_skipped(batch: dict, device: torch.device) -> bool:
+    """True on every rank when some rank's batch is all bad audio. For a module whose forward itself talks to
+    the other ranks (the tokenizer's quantizer all-reduces its EMA statistics), a zero loss is not enough: every
+    rank must leave the step out together."""
+    flag = torch.tensor(float(all_skipped(batch)), device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flag)
+    return bool(flag > 0)

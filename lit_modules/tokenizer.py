@@ -24,7 +24,7 @@ from torchmetrics.audio import (
 
 from lit_modules.artifacts import log_audio, log_figure
 from lit_modules.evaluation import PerTestSetEvaluation
-from lit_modules.steps import all_skipped, empty_batch_loss
+from lit_modules.steps import all_skipped, any_rank_all_skipped
 from research.metrics import DNSMOS, CodebookUsage, SpeakerSimilarity, pesq_score
 from research.tokenizer.codec import CodecOutput, SpeechTokenizerCodec, detach_weight_norm_, swap_first_level
 from research.tokenizer.discriminators import CodecDiscriminator
@@ -200,11 +200,7 @@ class SpeechTokenizerModule(PerTestSetEvaluation, L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> None:
         optimizers = self.optimizers()
         generator_opt, discriminator_opt = optimizers if isinstance(optimizers, list) else (optimizers, None)
-        if all_skipped(batch):  # the same optimizer steps as any batch, so DDP ranks stay in step
-            if self.adversarial:
-                self.optimizer_step_(discriminator_opt, empty_batch_loss(self.discriminator.parameters()))
-            self.optimizer_step_(generator_opt, empty_batch_loss(self.codec.parameters()))
-            self.after_generator_step()
+        if any_rank_all_skipped(batch, self.device):  # every rank leaves this step out together
             return
         output = self.codec(batch["audio"])
         size = batch["audio"].shape[0]

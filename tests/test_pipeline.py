@@ -88,3 +88,26 @@ def test_pipeline_writes_no_mlruns_folder_in_the_working_directory(mlflow_store,
     monkeypatch.chdir(tmp_path)
     Toy(tmp_path / "out").run()
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_training_stage_stopped_part_way_resumes_from_its_last_checkpoint(
+    tiny_data_dir, mlflow_store, tmp_path
+):
+    from experiments.core.checkpoints import load_checkpoint
+    from tests.conftest import tiny_overrides
+
+    overrides = [
+        o for o in tiny_overrides(tiny_data_dir, tmp_path / "unused", "test=false") if "output_dir" not in o
+    ]
+    with Pipeline("toy", tmp_path) as pipeline:
+        first = pipeline.train_stage("fit", [*overrides, "trainer.max_steps=2"])
+    assert load_checkpoint(first["ckpt"])["global_step"] == 2
+    (tmp_path / "stages" / "fit.json").unlink()  # as if the stage had died after its checkpoint
+    with Pipeline("toy", tmp_path) as pipeline:
+        again = pipeline.train_stage("fit", [*overrides, "trainer.max_steps=2"])
+    resumed = tracking.client().get_run(again["run_id"])
+    assert resumed.data.tags["voxlab.resumed_from"] == first["run_id"]  # continued, not started over
+    with Pipeline("toy", tmp_path) as pipeline:  # a changed setting starts the stage afresh
+        changed = pipeline.train_stage("fit", [*overrides, "trainer.max_steps=3"])
+    assert "voxlab.resumed_from" not in tracking.client().get_run(changed["run_id"]).data.tags
+    assert load_checkpoint(changed["ckpt"])["global_step"] == 3

@@ -6,11 +6,18 @@ torch, Lightning and MLflow are imported after."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(os.environ.get("VOXLAB_ROOT", Path(__file__).resolve().parents[2]))  # the repository
+
+
+def data_dir() -> Path:
+    """Prepared manifests and derived data: `VOXLAB_DATA`, else <repository>/data (as `paths.data_dir`)."""
+    return Path(os.environ.get("VOXLAB_DATA", ROOT / "data"))
 
 
 class UserError(Exception):
@@ -51,11 +58,12 @@ def experiment_names() -> list[str]:
 
 
 def check_experiment(overrides: Iterable[str]) -> None:
-    """Raise a UserError naming the known experiments when an `experiment=` override names none of them."""
+    """Raise a UserError naming the known experiments when an `experiment=` override names none of them (sweep
+    syntax, `a,b` or `glob(...)`, is left to Hydra)."""
     for override in overrides:
         if override.lstrip("+").startswith("experiment="):
             name = override.split("=", 1)[1]
-            if name not in experiment_names():
+            if not any(mark in name for mark in ",(*") and name not in experiment_names():
                 raise UserError(f"unknown experiment '{name}'; known: {', '.join(experiment_names())}")
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
+from experiments.core import tracking
 from experiments.core.tracking import tracking_uri
 
 
@@ -61,7 +61,7 @@ def fetch_artifacts(
     run_id: str, folder: str = "", *, suffix: str | None = None, dst: str | None = None
 ) -> list[Path]:
     """Download a run's artifacts under `folder` (recursively) and return the local files, newest step last."""
-    client = MlflowClient(tracking_uri())
+    client = tracking.client()
     local = Path(client.download_artifacts(run_id, folder, dst or tempfile.mkdtemp(prefix="voxlab_")))
     files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
     return [p for p in files if suffix is None or p.suffix == suffix]

@@ -72,26 +72,36 @@ SOURCE_FILE = "source.json"
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 22) -> str:
+    """SHA-1 of a file's content, or of a folder's files (names and contents), e.g. a transformers model dir."""
+    path = Path(path)
     digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
+    for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with open(file, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
     return digest.hexdigest()
 
 
 def checkpoint_source(path: str | Path, **settings) -> dict:
-    """What a dump made by a checkpoint's model depends on: the file's content and the settings."""
+    """What a dump made by a model depends on: its checkpoint file's (or model folder's) content and the
+    settings."""
     return {"checkpoint": str(Path(path).resolve()), "sha1": file_digest(path), **settings}
 
 
-def claim_folder(out_dir: Path, source: dict | None) -> bool:
-    """Record `source` in `out_dir`; True when files already there were made by another (or an unknown) source."""
+def claim_folder(out_dir: Path, source: dict | None) -> int:
+    """Make `out_dir` hold only arrays made by `source`: when it records another (or no) source, every array in it
+    is deleted first, whichever manifest it came from, so neither an interrupted rebuild nor another manifest's
+    dump into the same folder can keep a stale one. Returns the number of arrays deleted."""
     record = out_dir / SOURCE_FILE
-    previous = json.loads(record.read_text()) if record.is_file() else None
     normalized = json.loads(json.dumps(source, default=str))
-    stale = previous != normalized and any(out_dir.glob("*.npy"))
+    if record.is_file() and json.loads(record.read_text()) == normalized:
+        return 0
+    stale = list(out_dir.glob("*.npy"))
+    for path in stale:
+        path.unlink()
     record.write_text(json.dumps(normalized, indent=2))
-    return stale
+    return len(stale)
 
 
 def dump_per_utterance(
@@ -115,9 +125,10 @@ def dump_per_utterance(
     manifest = source if isinstance(source, Manifest) else read_manifest(source)
     out_dir = Path(out_dir) if out_dir else manifest.path.parent / column
     out_dir.mkdir(parents=True, exist_ok=True)
-    if claim_folder(out_dir, made_by) and not overwrite:
-        log.warning("%s holds arrays made by another source than %s: rebuilding them", out_dir, made_by)
-        overwrite = True
+    if stale := claim_folder(out_dir, made_by):
+        log.warning(
+            "%s held %d arrays made by another source than %s: deleted, rebuilding", out_dir, stale, made_by
+        )
     if out_manifest is None and not isinstance(source, Manifest):
         out_manifest = manifest.path.with_name(f"{manifest.path.stem}_{column}.jsonl")
     result = DumpResult(out_dir=out_dir, manifest=Path(out_manifest) if out_manifest else None)

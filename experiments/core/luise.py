@@ -63,6 +63,18 @@ def probe_manifests(
     return probe_layers(train, test, frame_rate=encoder.frame_rate, **probe_settings)
 
 
+def probe_and_report(
+    encoder: ConformerEncoder, train_manifest, test_manifest, *, run_id=None, **settings
+) -> list:
+    """probe_manifests, its table printed with the best layer, and logged to `run_id` when given."""
+    rows = probe_manifests(encoder, train_manifest, test_manifest, **settings)
+    print(format_table(rows))
+    print(f"best layer: {best_layer(rows)}")
+    if run_id:
+        log_probe_to_mlflow(run_id, rows)
+    return rows
+
+
 def log_probe_to_mlflow(run_id: str, rows: list[dict]) -> None:
     import matplotlib
 

@@ -72,11 +72,10 @@ def build_loggers(cfg: DictConfig, tags: dict[str, str]) -> list:
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if name == "mlflow":
-            same_run = cfg.get("mlflow_run_id") or (previous_run if cfg.resume_run == "same" else None)
-            run_tags_ = dict(tags)
-            if previous_run and not same_run:
-                run_tags_[f"{tracking.TAG_PREFIX}resumed_from"] = previous_run
-            loggers.append(instantiate(logger_cfg, run_id=same_run, tags=run_tags_))
+            target = cfg.get("mlflow_run_id") or (previous_run if cfg.resume_run == "same" else None)
+            if previous_run and previous_run != target:
+                tags[f"{tracking.TAG_PREFIX}resumed_from"] = previous_run  # recorded on the run by record_run
+            loggers.append(instantiate(logger_cfg, run_id=target, tags=tags))
         else:
             loggers.append(instantiate(logger_cfg))
     return loggers

@@ -61,6 +61,9 @@ class Pipeline:
             f"pipeline run {self.run_id}: {'FAILED' if error_type else 'done'}; stages {', '.join(self.done)}"
         )
 
+    def digest(self, settings: Any, reads: Iterable[str]) -> str:
+        return config_hash({"settings": settings, "upstream": {k: self.done[k]["hash"] for k in reads}})
+
     def stage(
         self,
         name: str,
@@ -73,7 +76,7 @@ class Pipeline:
         """Run `run(child_run_id)` (returns the stage's record) unless a record with the same hash exists and
         its `outputs` are all there."""
         record_path = self.out / "stages" / f"{name}.json"
-        digest = config_hash({"settings": settings, "upstream": {k: self.done[k]["hash"] for k in reads}})
+        digest = self.digest(settings, reads)
         if record_path.is_file():
             record = json.loads(record_path.read_text())
             if record.get("hash") == digest and all(Path(p).exists() for p in outputs(record)):
@@ -108,10 +111,18 @@ class Pipeline:
         cfg = compose_config([*overrides, f"paths.output_dir={output_dir}"])
         settings = OmegaConf.to_container(cfg, resolve=False)
 
+        reads = tuple(reads)
+        started, last = output_dir / "stage_hash", output_dir / "checkpoints" / "last.ckpt"
+
         def run(child: str) -> dict:
             cfg.mlflow_run_id = child
-            # a rerun's checkpoints would be saved beside the stale ones as last-v1.ckpt, and last.ckpt read back
-            shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+            digest = self.digest(settings, reads)
+            if started.is_file() and started.read_text() == digest and last.is_file():
+                cfg.ckpt_path = str(last)  # the same stage stopped part-way: resume it exactly
+            else:  # new settings: a rerun's checkpoints would land beside stale ones as last-v1.ckpt
+                shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+                output_dir.mkdir(parents=True, exist_ok=True)
+                started.write_text(digest)
             metrics = train(cfg)
             return {"ckpt": str(output_dir / "checkpoints" / "last.ckpt"), "metrics": metrics}
 

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from datamodules.manifest import read_manifest
-from experiments.core.checkpoints import load_submodule, resolve_checkpoint
-from experiments.core.dumps import DumpResult, checkpoint_source, dump_per_utterance, manifest_of_files
+from experiments.core.checkpoints import load_submodule
+from experiments.core.dumps import DumpResult, dump_per_utterance, manifest_of_files
 from experiments.core.tracking import TAG_PREFIX, tracking_uri
 from research.audio import load_audio
 from research.metrics import CodebookUsage
@@ -20,11 +20,6 @@ from research.tokenizer.codec import SpeechTokenizerCodec
 
 def load_codec(ckpt: str | None = None, run_id: str | None = None) -> SpeechTokenizerCodec:
     return load_submodule("codec", ckpt_path=ckpt, run_id=run_id)
-
-
-def codec_source(ckpt: str | None = None, run_id: str | None = None, **settings) -> dict:
-    """What codes depend on: the tokenizer checkpoint's content and the encoding settings."""
-    return checkpoint_source(resolve_checkpoint(ckpt, run_id), **settings)
 
 
 def encode_batch(codec: SpeechTokenizerCodec, n_q: int | None):

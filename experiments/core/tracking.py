@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-ROOT = Path(os.environ.get("VOXLAB_ROOT", Path(__file__).resolve().parents[2]))
+from experiments.core.cli import ROOT
+
 SQLITE_BUSY_TIMEOUT_S = 60
 PARENT_RUN_FILE = "mlflow_parent_run_id"
 TAG_PREFIX = "voxlab."
@@ -42,10 +44,12 @@ def artifact_location(experiment_name: str) -> str | None:
 
 
 def ui_command(uri: str | None = None) -> str:
+    """A command that opens the runs from any shell: the mlflow beside this Python (a plain shell has no venv)."""
     uri = (uri or tracking_uri()).split("?")[0]
-    if uri.startswith("sqlite:"):
-        return f"mlflow ui --backend-store-uri {uri} --port 5000"
-    return f"open {uri}"
+    if not uri.startswith("sqlite:"):
+        return f"open {uri}"
+    beside = Path(sys.executable).parent / "mlflow"
+    return f"{beside if beside.is_file() else 'mlflow'} ui --backend-store-uri {uri} --port 5000"
 
 
 def client() -> MlflowClient:

@@ -79,19 +79,30 @@ class HuggingFaceTeacher(FrozenTeacher):
         self.layer = check_layer(layer, config.num_hidden_layers)
         self.dim = config.hidden_size
         self.frame_rate = sample_rate / math.prod(config.conv_stride)
+        # models with layer-norm feature extractors (HuBERT-large, WavLM) were trained with attention masks;
+        # group-norm ones (HuBERT-base) were not, and expect zero padding instead (transformers' guidance)
+        self.takes_mask = getattr(config, "feat_extract_norm", "group") == "layer"
 
     @torch.no_grad()
     def encode(
         self, audio: torch.Tensor, audio_lens: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model sees the padded batch as is (HuBERT-base style models take no attention mask); valid frame
-        counts follow the model's conv stack."""
+        """As transformers' feature extractor prepares a batch: each item normalised over its own samples (when
+        the model's extractor normalises), padding set to zero, an attention mask where the model takes one.
+        Valid frame counts follow the model's conv stack."""
         wave = audio.squeeze(1).float()
+        lens = full_lengths(audio, audio_lens)
+        valid = torch.arange(wave.shape[-1], device=wave.device)[None] < lens[:, None]
         if self.normalize:
-            wave = (wave - wave.mean(-1, keepdim=True)) / (wave.std(-1, keepdim=True) + 1e-7)
-        features = select_layer(self.model(wave, output_hidden_states=True).hidden_states, self.layer)
-        lens = self.model._get_feat_extract_output_lengths(full_lengths(audio, audio_lens))
-        return features, lens.clamp(0, features.shape[1])
+            count = lens[:, None].clamp_min(1)
+            mean = (wave * valid).sum(-1, keepdim=True) / count
+            variance = ((wave - mean) * valid).square().sum(-1, keepdim=True) / count
+            wave = (wave - mean) / (variance + 1e-7).sqrt()
+        mask = valid.long() if self.takes_mask else None
+        output = self.model(wave * valid, attention_mask=mask, output_hidden_states=True)
+        features = select_layer(output.hidden_states, self.layer)
+        frames = self.model._get_feat_extract_output_lengths(lens)
+        return features, frames.clamp(0, features.shape[1])
 
 
 class EncoderTeacher(FrozenTeacher):

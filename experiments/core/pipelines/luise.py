@@ -11,7 +11,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
+from experiments.core.cli import data_dir
+
+LABEL_MANIFESTS = (
+    "librispeech_unlabeled/all.jsonl",
+    "connected_digits/train.jsonl",
+    "connected_digits/val.jsonl",
+)
+
+
+def label_manifests(data: Path) -> list[Path]:
+    """The manifests labelled for iteration 2 by default: the pretraining audio and the digit sets."""
+    return [data / name for name in LABEL_MANIFESTS]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probe-train-limit", type=int, default=300)
     parser.add_argument("--probe-clusters", type=int, default=50)
     parser.add_argument("--probe-hidden", type=int, default=128, help="probe BiLSTM size (0: a linear probe)")
-    parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
+    parser.add_argument("--data-dir", type=Path, default=data_dir())
     parser.add_argument(
         "--label-manifests", nargs="*", type=Path, help="default: LibriSpeech excerpts, digits train and val"
     )
@@ -50,8 +61,7 @@ def sft_seeds(extra: list[int]) -> list[tuple[str, list[str]]]:
 
 def probe_stage(pipeline, name: str, trained_stage: str, args) -> dict:
     from experiments.core.checkpoints import load_submodule
-    from experiments.core.luise import log_probe_to_mlflow, probe_manifests
-    from research.ssl.layer_probe import format_table
+    from experiments.core.luise import probe_and_report
 
     trained = pipeline.done[trained_stage]
     settings = {
@@ -63,17 +73,16 @@ def probe_stage(pipeline, name: str, trained_stage: str, args) -> dict:
 
     def run(run_id: str) -> dict:
         encoder = load_submodule("encoder", ckpt_path=trained["ckpt"])
-        rows = probe_manifests(
+        rows = probe_and_report(
             encoder,
             args.digits / "train.jsonl",
             args.digits / "val.jsonl",
+            run_id=run_id,
             train_limit=args.probe_train_limit,
             steps=args.probe_steps,
             clusters=args.probe_clusters,
             hidden=args.probe_hidden,
         )
-        print(format_table(rows))
-        log_probe_to_mlflow(run_id, rows)
         return {"rows": rows}  # the best layer is derived from the rows where needed, so it follows the rule
 
     return pipeline.stage(name, settings=settings, run=run, reads=(trained_stage,))
@@ -88,11 +97,7 @@ def labels_stage(pipeline, args) -> dict:
 
     iter1 = pipeline.done["iter1"]
     layer = args.layer if args.layer is not None else best_layer(pipeline.done["probe1"]["rows"])
-    manifests = args.label_manifests or [
-        args.data_dir / "librispeech_unlabeled" / "all.jsonl",
-        args.digits / "train.jsonl",
-        args.digits / "val.jsonl",
-    ]
+    manifests = args.label_manifests or label_manifests(args.data_dir)
     # a folder per setting: labels of another layer or k are never mixed in
     labels_dir = args.out / "labels" / config_hash({"iter1": iter1["hash"], "layer": layer, "k": args.k})
 
