@@ -263,6 +263,24 @@ def tiny_hubert_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama-style LM with a BPE tokenizer over digit words, saved as a transformers directory."""
+    from research.acllm.text_lm import new_causal_lm, train_tokenizer
+    from research.text import DIGIT_WORDS
+
+    words = " ".join(DIGIT_WORDS)
+    tokenizer = train_tokenizer(
+        [words, f"USER: Transcribe speech to text.\n ASSISTANT: {words}"], vocab_size=300
+    )
+    torch.manual_seed(0)
+    model = new_causal_lm(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    folder = tmp_path_factory.mktemp("llm")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_ctc_checkpoint(tiny_data_dir, tmp_path_factory) -> Path:
     """A 4-step CTC digit recogniser: the semantic teacher of the tiny tokenizer runs."""
     from experiments.core.compose import compose_config

@@ -3,9 +3,12 @@ without a GPU (CI); run them on a GPU machine with `pytest -m gpu`."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
+from experiments.core import tracking
 from tests.conftest import run_python_module, tiny_overrides
 
 pytestmark = pytest.mark.gpu
@@ -31,6 +34,14 @@ def test_ctc_trains_in_bf16_mixed_on_the_gpu(tiny_data_dir, tmp_path, mlflow_sto
         tiny_overrides(tiny_data_dir, tmp_path / "run", "trainer=gpu", "trainer.max_steps=4", "test=false"),
     )
     assert "bf16" in result.stdout + result.stderr
+    client = tracking.client()
+    (run,) = client.search_runs([client.get_experiment_by_name("asr_ctc_digits").experiment_id])
+    assert (
+        run.data.params["trainer/precision"] == "bf16-mixed"
+        and run.data.params["trainer/accelerator"] == "gpu"
+    )
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
 
 
 @needs_two

@@ -111,7 +111,7 @@ def test_decode_resynth_and_convert(codec, tiny_tokenizer_run, tmp_path):
     assert sf.info(out).frames == min(content_frames, voice_frames) * 320
 
 
-def test_unreadable_input_is_named_and_the_rest_continue(tiny_tokenizer_run, tmp_path, capsys):
+def test_unreadable_input_is_named_and_the_rest_continue(tiny_tokenizer_run, tmp_path, capsys, caplog):
     good = tmp_path / "good.wav"
     sf.write(good, (0.1 * np.random.default_rng(0).standard_normal(8000)).astype(np.float32), 16000)
     broken = tmp_path / "broken.wav"
@@ -131,6 +131,7 @@ def test_unreadable_input_is_named_and_the_rest_continue(tiny_tokenizer_run, tmp
     assert status == 2
     err = capsys.readouterr().err
     assert "FAILED" in err and "broken.wav" in err
+    assert "broken.wav" in caplog.text and ".jsonl" not in err + caplog.text  # no manifest given: none named
     assert (tmp_path / "codes" / "good.npy").is_file() and not (tmp_path / "codes" / "broken.npy").exists()
     with pytest.raises(FileNotFoundError):
         tokens.load_codec(ckpt=str(tmp_path / "missing.ckpt"))

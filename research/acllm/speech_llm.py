@@ -1,0 +1,194 @@
+"""The speech LLM: a speech encoder's frames, spliced and projected by the converter, placed into a causal LM's
+input embeddings by one prompt template that training and decoding share; the loss covers the transcript tokens
+only. The LLM is any transformers causal LM directory (`AutoModelForCausalLM.from_pretrained(dir)`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from research.acllm.converter import Converter
+from research.encoder import ConformerEncoder
+from research.tokenizer.teachers import check_layer, select_layer
+
+IGNORE = -100  # label of positions that carry no loss (prompt, speech, padding)
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """SLAM-LLM's template by default. Training appends the transcript and EOS after it; decoding continues from
+    it: one template object serves both, so they cannot drift apart (the refusals and loops users report)."""
+
+    text: str = "USER: <speech>{instruction}\n ASSISTANT:"
+    instruction: str = "Transcribe speech to text."
+    speech: str = "<speech>"
+
+    def around_speech(self) -> tuple[str, str]:
+        """(text before the speech embeddings, text after them)."""
+        filled = self.text.replace("{instruction}", self.instruction)
+        if filled.count(self.speech) != 1:
+            raise ValueError(f"the template must hold {self.speech!r} exactly once: {self.text!r}")
+        before, after = filled.split(self.speech)
+        return before, after
+
+
+class SpeechEncoder(nn.Module):
+    """A voxlab speech encoder (CTC recogniser's or LUISE's) read at one layer: `layer=None` is its output."""
+
+    def __init__(self, *, encoder: ConformerEncoder, layer: int | str | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.layer = None if layer is None else check_layer(layer, encoder.num_layers)
+        self.dim = encoder.d_model
+
+    def forward(self, audio: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.encoder(audio, lens, output_layers=self.layer is not None)
+        frames = out.hidden if self.layer is None else select_layer(out.layers, self.layer)
+        return frames, out.lens
+
+
+@dataclass
+class LLMInputs:
+    embeds: torch.Tensor  # (B, L, d_llm)
+    attention_mask: torch.Tensor  # (B, L)
+    labels: torch.Tensor | None  # (B, L), IGNORE outside the transcript tokens
+
+
+class SpeechLLM(nn.Module):
+    def __init__(
+        self,
+        *,
+        encoder: nn.Module,
+        converter: Converter,
+        llm_dir: str,
+        template: PromptTemplate | None = None,
+        tokens_per_second: float = 20.0,
+    ):
+        super().__init__()
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not (Path(llm_dir) / "config.json").is_file():
+            raise FileNotFoundError(f"no transformers model in {llm_dir} (config.json missing)")
+        self.encoder, self.converter = encoder, converter
+        self.llm = AutoModelForCausalLM.from_pretrained(llm_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError(f"the tokenizer in {llm_dir} has no EOS token: transcripts could not end")
+        self.template = template or PromptTemplate()
+        self.tokens_per_second = tokens_per_second
+        before, after = self.template.around_speech()
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        self.register_buffer("before_ids", torch.tensor(bos + self.token_ids(before)), persistent=False)
+        self.register_buffer("after_ids", torch.tensor(self.token_ids(after)), persistent=False)
+
+    def token_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def transcript_ids(self, text: str) -> list[int]:
+        return [*self.token_ids(text), self.tokenizer.eos_token_id]
+
+    def speech_embeddings(self, audio: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        frames, frame_lens = self.encoder(audio, lens)
+        return self.converter(frames, frame_lens)
+
+    def inputs(
+        self,
+        speech: torch.Tensor,
+        speech_lens: torch.Tensor,
+        targets: list[list[int]] | None,
+        *,
+        left_pad: bool,
+    ) -> LLMInputs:
+        """Per item: template before the speech, its valid speech embeddings, template after, then (training)
+        the transcript tokens + EOS; padded on the right for training, on the left for generation."""
+        embed = self.llm.get_input_embeddings()
+        before, after = embed(self.before_ids), embed(self.after_ids)
+        rows, labels = [], []
+        for index, length in enumerate(speech_lens.tolist()):
+            target = torch.tensor(targets[index] if targets else [], dtype=torch.long, device=speech.device)
+            rows.append(torch.cat([before, speech[index, :length].to(before.dtype), after, embed(target)]))
+            prompt = len(before) + length + len(after)
+            labels.append(torch.cat([torch.full((prompt,), IGNORE, device=speech.device), target]))
+        width = max(len(row) for row in rows)
+        embeds = speech.new_zeros(len(rows), width, before.shape[-1], dtype=before.dtype)
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=speech.device)
+        padded_labels = torch.full((len(rows), width), IGNORE, dtype=torch.long, device=speech.device)
+        for index, (row, label) in enumerate(zip(rows, labels, strict=True)):
+            span = slice(width - len(row), width) if left_pad else slice(0, len(row))
+            embeds[index, span], mask[index, span], padded_labels[index, span] = row, 1, label
+        return LLMInputs(embeds, mask, padded_labels if targets else None)
+
+    def forward(self, audio: torch.Tensor, lens: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """Mean cross-entropy over the transcript tokens (and EOS) of the batch."""
+        speech, speech_lens = self.speech_embeddings(audio, lens)
+        batch = self.inputs(speech, speech_lens, [self.transcript_ids(t) for t in texts], left_pad=False)
+        return self.llm(
+            inputs_embeds=batch.embeds, attention_mask=batch.attention_mask, labels=batch.labels
+        ).loss
+
+    def max_new_tokens(self, lens: torch.Tensor, sample_rate: int) -> int:
+        """Bounded by the audio: `tokens_per_second` of the longest item, plus room for EOS."""
+        return math.ceil(float(lens.max()) / sample_rate * self.tokens_per_second) + 2
+
+    @torch.no_grad()
+    def transcribe(
+        self,
+        audio: torch.Tensor,
+        lens: torch.Tensor,
+        *,
+        sample_rate: int = 16000,
+        beams: int = 1,
+        nbest: int = 1,
+        max_new_tokens: int | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """Per item, the `nbest` hypotheses with their sequence log-probabilities (sum over tokens, EOS
+        included), best first. The length bound defaults to the longest item's (`max_new_tokens`)."""
+        speech, speech_lens = self.speech_embeddings(audio, lens)
+        bound = max_new_tokens or self.max_new_tokens(lens, sample_rate)
+        return self.decode(speech, speech_lens, beams=beams, nbest=nbest, max_new_tokens=bound)
+
+    @torch.no_grad()
+    def decode(
+        self, speech: torch.Tensor, speech_lens: torch.Tensor, *, beams: int, nbest: int, max_new_tokens: int
+    ) -> list[list[tuple[str, float]]]:
+        """N-best from speech embeddings: greedy for beams = 1, else beam search, both with transformers'
+        generate and its KV cache, batched over left-padded prompts (positions follow the attention mask, so an
+        item decodes the same in any batch)."""
+        if nbest > beams:
+            raise ValueError(f"nbest ({nbest}) cannot exceed beams ({beams})")
+        batch = self.inputs(speech, speech_lens, None, left_pad=True)
+        out = self.llm.generate(
+            inputs_embeds=batch.embeds,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=max_new_tokens,
+            num_beams=beams,
+            num_return_sequences=nbest,
+            do_sample=False,
+            length_penalty=0.0,  # beam scores as plain sums of log-probabilities
+            early_stopping=True,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+        step_scores = self.llm.compute_transition_scores(
+            out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=beams == 1
+        )
+        ended = self.generated_mask(out.sequences)
+        scores = step_scores.masked_fill(~ended, 0).sum(-1)
+        pad = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
+        texts = self.tokenizer.batch_decode(out.sequences.masked_fill(~ended, pad), skip_special_tokens=True)
+        hypotheses = [(text.strip(), float(score)) for text, score in zip(texts, scores, strict=True)]
+        return [
+            sorted(hypotheses[i : i + nbest], key=lambda h: -h[1]) for i in range(0, len(hypotheses), nbest)
+        ]
+
+    def generated_mask(self, sequences: torch.Tensor) -> torch.Tensor:
+        """True for generated tokens up to and including the first EOS (what follows it is padding)."""
+        eos = sequences == self.tokenizer.eos_token_id
+        after_eos = (eos.long().cumsum(-1) - eos.long()) > 0
+        return ~after_eos
