@@ -137,3 +137,48 @@ def test_nbest_cannot_exceed_beams(tiny_llm_dir):
     model = tiny_speech_llm(tiny_llm_dir)
     with pytest.raises(ValueError, match="nbest"):
         model.transcribe(*audio_batch(), beams=2, nbest=3)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "trains"),
+    [
+        ("converter_only", {"converter"}),
+        ("seed_asr", {"encoder", "converter"}),
+        ("full", {"encoder", "converter", "llm"}),
+    ],
+)
+def test_recipes_train_exactly_their_parts(tiny_llm_dir, recipe, trains):
+    from research.acllm.trainable import set_trainable
+
+    model = tiny_speech_llm(tiny_llm_dir)
+    counts = set_trainable(model, recipe)
+    assert {part for part, count in counts.items() if count["trainable"]} == trains
+    assert all(count["trainable"] in (0, count["total"]) for count in counts.values())
+
+
+def test_lora_trains_adapters_and_converter_only_and_starts_as_the_base_model(tiny_llm_dir):
+    from research.acllm.trainable import apply_lora, set_trainable
+
+    model = tiny_speech_llm(tiny_llm_dir)
+    audio, lens = audio_batch()
+    before = model(audio, lens, ["one two", "three"])
+    apply_lora(model, rank=4, alpha=8, dropout=0.0)
+    counts = set_trainable(model, "lora")
+    assert torch.allclose(model(audio, lens, ["one two", "three"]), before)  # LoRA B starts at zero
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(name.startswith("converter.") or ".lora_" in name for name in trainable)
+    assert any("q_proj.lora_A" in name for name in trainable) and any(
+        "v_proj.lora_B" in name for name in trainable
+    )
+    assert (
+        counts["encoder"]["trainable"] == 0 and 0 < counts["llm"]["trainable"] < 0.1 * counts["llm"]["total"]
+    )
+    model(audio, lens, ["one two", "three"]).backward()
+    assert all(p.grad is None for name, p in model.named_parameters() if not p.requires_grad)
+
+
+def test_a_pattern_that_matches_nothing_is_refused(tiny_llm_dir):
+    from research.acllm.trainable import set_trainable
+
+    with pytest.raises(ValueError, match="nothing would train"):
+        set_trainable(tiny_speech_llm(tiny_llm_dir), [r"^decoder\."])
