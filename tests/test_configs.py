@@ -22,14 +22,20 @@ CPU_TRAINER = [
 ]
 
 
-def upstream_overrides(name: str, ctc_ckpt, hubert_dir) -> list[str]:
-    """What each experiment needs from outside: a teacher, an encoder to fine-tune."""
+def upstream_overrides(name: str, ctc_ckpt, hubert_dir, llm_dir) -> list[str]:
+    """What each experiment needs from outside: a teacher, an encoder to fine-tune, an LLM directory."""
     encoder_teacher = [
         f"model.teacher.ckpt_path={ctc_ckpt}",
         "model.teacher.layer=1",
         "model.codec.semantic_dim=32",
     ]
     return {
+        "acllm/digits_lora": [
+            f"model.model.encoder.encoder.ckpt_path={ctc_ckpt}",
+            f"model.model.llm_dir={llm_dir}",
+            "model.model.converter.input_dim=32",
+            "model.model.converter.output_dim=32",
+        ],
         "tokenizer/cpu": encoder_teacher,
         "tokenizer/baichuan": encoder_teacher,
         "tokenizer/split_rvq": encoder_teacher,
@@ -44,6 +50,7 @@ def upstream_overrides(name: str, ctc_ckpt, hubert_dir) -> list[str]:
 
 def test_the_list_of_experiments_is_the_documented_one():
     assert experiment_names() == [
+        "acllm/digits_lora",
         "asr/ctc_digits",
         "ssl/luise_iter1",
         "ssl/luise_iter2",
@@ -57,11 +64,13 @@ def test_the_list_of_experiments_is_the_documented_one():
 
 
 @pytest.mark.parametrize("name", experiment_names())
-def test_every_experiment_builds_model_data_and_trainer(name, tiny_ctc_checkpoint, tiny_hubert_dir, tmp_path):
+def test_every_experiment_builds_model_data_and_trainer(
+    name, tiny_ctc_checkpoint, tiny_hubert_dir, tiny_llm_dir, tmp_path
+):
     overrides = [
         f"experiment={name}",
         f"paths.output_dir={tmp_path}",
-        *upstream_overrides(name, tiny_ctc_checkpoint, tiny_hubert_dir),
+        *upstream_overrides(name, tiny_ctc_checkpoint, tiny_hubert_dir, tiny_llm_dir),
     ]
     cfg = compose_config(overrides)
     assert cfg.experiment_name == name and cfg.component == name.split("/")[0]

@@ -1,0 +1,81 @@
+"""The audio-conditioned LLM's SFT stage: a SpeechLLM trained on (audio, transcript) pairs with a recipe of
+trainable parts (converter only, Seed-ASR's encoder + converter, LoRA, full), validated by decoding with the
+same prompt template (WER/CER). Trainable and total parameters per part are logged when training starts."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import lightning as L
+import torch
+from torchmetrics.text import CharErrorRate, WordErrorRate
+
+from lit_modules.optim import optimizers_with_schedule
+from lit_modules.steps import all_skipped, empty_batch_loss
+from research.acllm.speech_llm import SpeechLLM
+from research.acllm.trainable import apply_lora, set_trainable
+from research.text import CharVocabulary
+
+
+class AcLLMModule(L.LightningModule):
+    def __init__(
+        self,
+        *,
+        model: SpeechLLM,
+        optimizer: partial,
+        scheduler: dict | None = None,
+        recipe: str | list[str] = "lora",
+        lora: dict | None = None,
+        beams: int = 1,
+        sample_rate: int = 16000,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "optimizer"])
+        self.model = model
+        if lora is not None:
+            apply_lora(model, **lora)
+        self.parameter_counts = set_trainable(model, recipe)
+        self.optimizer_factory = optimizer
+        self.scheduler = scheduler or {}
+        self.val_wer, self.val_cer = WordErrorRate(), CharErrorRate()
+        self.normalize = CharVocabulary().normalize
+
+    def on_train_start(self) -> None:
+        counts = {
+            f"params/{part}/{kind}": float(value)
+            for part, count in self.parameter_counts.items()
+            for kind, value in count.items()
+        }
+        for logger in self.loggers:
+            logger.log_metrics(counts, step=self.global_step)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if all_skipped(batch):
+            return empty_batch_loss(self)
+        loss = self.model(batch["audio"], batch["audio_lens"], batch["text"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["text"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if all_skipped(batch):
+            return
+        size = len(batch["text"])
+        loss = self.model(batch["audio"], batch["audio_lens"], batch["text"])
+        self.log("val/loss", loss, batch_size=size, sync_dist=True)
+        nbest = self.model.transcribe(
+            batch["audio"],
+            batch["audio_lens"],
+            sample_rate=self.hparams.sample_rate,
+            beams=self.hparams.beams,
+        )
+        hypotheses = [self.normalize(item[0][0]) for item in nbest]
+        references = [self.normalize(text) for text in batch["text"]]
+        self.val_wer.update(hypotheses, references)
+        self.val_cer.update(hypotheses, references)
+        self.log_dict({"val/wer": self.val_wer, "val/cer": self.val_cer}, batch_size=size)
+
+    def configure_optimizers(self) -> dict:
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return optimizers_with_schedule(
+            self.optimizer_factory(trainable), self.scheduler, self.trainer.estimated_stepping_batches
+        )
