@@ -1,6 +1,7 @@
 """The audio-conditioned LLM's SFT stage: a SpeechLLM trained on (audio, transcript) pairs with a recipe of
 trainable parts (converter only, Seed-ASR's encoder + converter, LoRA, full), validated by decoding with the
-same prompt template (WER/CER). Trainable and total parameters per part are logged when training starts."""
+same prompt template (WER/CER, on every test set too). Trainable and total parameters per part are logged when
+training starts."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from functools import partial
 
 import lightning as L
 import torch
+from torch import nn
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
+from lit_modules.evaluation import PerTestSetEvaluation
 from lit_modules.optim import optimizers_with_schedule
 from lit_modules.steps import all_skipped, empty_batch_loss
 from research.acllm.speech_llm import SpeechLLM
@@ -17,7 +20,7 @@ from research.acllm.trainable import apply_lora, set_trainable
 from research.text import CharVocabulary
 
 
-class AcLLMModule(L.LightningModule):
+class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
     def __init__(
         self,
         *,
@@ -37,7 +40,8 @@ class AcLLMModule(L.LightningModule):
         self.parameter_counts = set_trainable(model, recipe)
         self.optimizer_factory = optimizer
         self.scheduler = scheduler or {}
-        self.val_wer, self.val_cer = WordErrorRate(), CharErrorRate()
+        self.val_metrics = self.make_metrics()
+        self.test_metrics = nn.ModuleList()
         self.normalize = CharVocabulary().normalize
 
     def on_train_start(self) -> None:
@@ -56,12 +60,19 @@ class AcLLMModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["text"]))
         return loss
 
+    @staticmethod
+    def make_metrics() -> nn.ModuleDict:
+        return nn.ModuleDict({"wer": WordErrorRate(), "cer": CharErrorRate()})
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        if all_skipped(batch):
-            return
+        if not all_skipped(batch):
+            self.evaluate(batch, self.val_metrics, "val")
+
+    def evaluate(self, batch: dict, metrics: nn.ModuleDict, prefix: str) -> None:
+        """Teacher-forced loss, then decoding with the training prompt: WER / CER against the transcripts."""
         size = len(batch["text"])
         loss = self.model(batch["audio"], batch["audio_lens"], batch["text"])
-        self.log("val/loss", loss, batch_size=size, sync_dist=True)
+        self.log(f"{prefix}/loss", loss, batch_size=size, sync_dist=True, add_dataloader_idx=False)
         nbest = self.model.transcribe(
             batch["audio"],
             batch["audio_lens"],
@@ -70,9 +81,9 @@ class AcLLMModule(L.LightningModule):
         )
         hypotheses = [self.normalize(item[0][0]) for item in nbest]
         references = [self.normalize(text) for text in batch["text"]]
-        self.val_wer.update(hypotheses, references)
-        self.val_cer.update(hypotheses, references)
-        self.log_dict({"val/wer": self.val_wer, "val/cer": self.val_cer}, batch_size=size)
+        for name, metric in metrics.items():
+            metric.update(hypotheses, references)
+            self.log(f"{prefix}/{name}", metric, batch_size=size, add_dataloader_idx=False)
 
     def configure_optimizers(self) -> dict:
         trainable = [p for p in self.parameters() if p.requires_grad]

@@ -40,6 +40,11 @@ def test_lora_recipe_trains_logs_parameter_counts_and_validates(
     assert logged["params/encoder/trainable"] == 0 and logged["params/converter/trainable"] > 0
     assert 0 < logged["params/llm/trainable"] < 0.1 * logged["params/llm/total"]
     assert run.data.tags["voxlab.component"] == "acllm"
+    # evaluated from nothing but its checkpoint, on every test set
+    from tests.test_eval import evaluate_checkpoint
+
+    tested = evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert {"test/wer", "test/cer", "test_heldout/wer"} <= set(tested)
 
 
 def test_the_loss_falls_on_a_repeated_batch_when_the_llm_trains(
