@@ -3,6 +3,8 @@ and validation WER reach MLflow, and the loss falls on a batch it sees repeatedl
 
 from __future__ import annotations
 
+import torch
+
 from experiments.core import tracking
 from experiments.core.runner import train
 from tests.conftest import tiny_overrides
@@ -73,3 +75,51 @@ def test_the_loss_falls_on_a_repeated_batch_when_the_llm_trains(
     history = fit_on_batch(module, batch, 30, ("train/loss",))
     losses = history.values["train/loss"]
     assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:5]) / 5  # measured: 5.4 -> 3.5 in 30 steps
+
+
+def test_transcribe_writes_hyp_and_nbest_and_names_unreadable_rows(
+    tiny_data_dir, tiny_ctc_checkpoint, tiny_llm_dir, tmp_path, mlflow_store, compose_config
+):
+    import json
+
+    from datamodules.manifest import read_manifest
+    from experiments import transcribe
+    from experiments.core.checkpoints import load_module
+
+    train(compose_config(tiny_acllm(tiny_data_dir, tmp_path / "run", tiny_ctc_checkpoint, tiny_llm_dir)))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    source = read_manifest(tiny_data_dir / "connected_digits" / "val.jsonl")
+    rows = [{**row, "audio_filepath": str(source.audio_path(i))} for i, row in enumerate(source.rows[:5])]
+    (tmp_path / "broken.wav").write_bytes(b"not audio")
+    rows[2] = {**rows[2], "audio_filepath": str(tmp_path / "broken.wav")}
+    manifest = tmp_path / "in.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out.jsonl"
+    args = [
+        "--ckpt",
+        str(ckpt),
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--beam",
+        "2",
+        "--nbest",
+        "2",
+    ]
+    status = transcribe.main(
+        [*args, "--batch-size", "1"]
+    )  # each row bounded by its own length, as alone below
+    assert status == 2  # one unreadable row: named, the others transcribed
+    transcribed = read_manifest(out)
+    written = transcribed.rows
+    assert [row["id"] for row in written] == [rows[i]["id"] for i in (0, 1, 3, 4)]
+    assert all(len(row["nbest"]) == 2 and row["hyp"] == row["nbest"][0]["text"] for row in written)
+    assert all(row["nbest"][0]["score"] >= row["nbest"][1]["score"] for row in written)
+    # the same hypotheses as the model decoding that audio itself
+    model = load_module(ckpt).model
+    from research.audio import load_audio
+
+    wave = load_audio(transcribed.audio_path(0), sample_rate=16000)
+    alone = model.transcribe(wave[None], torch.tensor([wave.shape[-1]]), beams=2, nbest=2)
+    assert [h[0] for h in alone[0]] == [h["text"] for h in written[0]["nbest"]]

@@ -21,6 +21,7 @@ COMMANDS = {  # module: (--help arguments, a mistake in the arguments)
     "experiments.teacher_features": (["--help"], ["--manifest", "m.jsonl"]),
     "experiments.luise": (["labels", "--help"], ["labels", "--run-id", "r"]),
     "experiments.pipeline": (["luise", "--help"], ["nope"]),
+    "experiments.transcribe": (["--help"], ["--ckpt", "c", "--manifest", "m", "--out", "o", "--nbest", "3"]),
 }
 
 

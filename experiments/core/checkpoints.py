@@ -161,3 +161,12 @@ def encoder_teacher(
 ) -> EncoderTeacher:
     """A frozen semantic teacher from a trained speech encoder (the CTC recogniser's, later LUISE's)."""
     return EncoderTeacher(encoder=load_submodule(key, ckpt_path=ckpt_path, run_id=run_id), layer=layer)
+
+
+def load_module(path: str | Path) -> nn.Module:
+    """The whole trained LightningModule, rebuilt from the checkpoint's config and given its weights, in eval
+    mode (for tools that use a model as trained: transcription)."""
+    checkpoint = load_checkpoint(path)
+    module = instantiate(checkpoint["voxlab_config"]["model"], _convert_="all")
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.eval()
