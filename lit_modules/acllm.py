@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
+from lit_modules.checkpointing import drop_frozen, restore_dropped
 from lit_modules.evaluation import PerTestSetEvaluation
 from lit_modules.optim import optimizers_with_schedule
 from lit_modules.steps import all_skipped, empty_batch_loss
@@ -52,6 +53,12 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
         }
         for logger in self.loggers:
             logger.log_metrics(counts, step=self.global_step)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        drop_frozen(checkpoint, self, "model.llm.")  # a frozen LLM is rebuilt from its directory
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        restore_dropped(checkpoint, self, "model.llm.")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if all_skipped(batch):

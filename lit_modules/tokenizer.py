@@ -23,6 +23,7 @@ from torchmetrics.audio import (
 )
 
 from lit_modules.artifacts import log_audio, log_figure
+from lit_modules.checkpointing import drop_frozen, restore_dropped
 from lit_modules.evaluation import PerTestSetEvaluation
 from lit_modules.steps import all_skipped, any_rank_all_skipped
 from research.metrics import DNSMOS, CodebookUsage, SpeakerSimilarity, pesq_score
@@ -216,14 +217,10 @@ class SpeechTokenizerModule(PerTestSetEvaluation, L.LightningModule):
         self.log("train/generator_steps", self.generator_steps.float(), batch_size=size)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # the frozen teacher is rebuilt from its own source: its weights do not belong in the student's checkpoint
-        checkpoint["state_dict"] = {
-            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")
-        }
+        drop_frozen(checkpoint, self, "teacher.")  # rebuilt from the teacher's own source
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self.teacher is not None:  # resuming: the teacher keeps the weights it was built with
-            checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
+        restore_dropped(checkpoint, self, "teacher.")
 
     def after_generator_step(self) -> None:
         self.generator_steps += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from experiments.core import tracking
+from experiments.core.checkpoints import load_checkpoint
 from experiments.core.runner import train
 from tests.conftest import tiny_overrides
 
@@ -42,6 +43,10 @@ def test_lora_recipe_trains_logs_parameter_counts_and_validates(
     assert logged["params/encoder/trainable"] == 0 and logged["params/converter/trainable"] > 0
     assert 0 < logged["params/llm/trainable"] < 0.1 * logged["params/llm/total"]
     assert run.data.tags["voxlab.component"] == "acllm"
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+    llm_keys = [k for k in saved if k.startswith("model.llm.")]
+    assert llm_keys and all(".lora_" in k for k in llm_keys)  # the frozen LLM is rebuilt from its directory
+    assert any(k.startswith("model.converter.") for k in saved)
     # evaluated from nothing but its checkpoint, on every test set
     from tests.test_eval import evaluate_checkpoint
 

@@ -168,5 +168,6 @@ def load_module(path: str | Path) -> nn.Module:
     mode (for tools that use a model as trained: transcription)."""
     checkpoint = load_checkpoint(path)
     module = instantiate(checkpoint["voxlab_config"]["model"], _convert_="all")
+    module.on_load_checkpoint(checkpoint)  # fills the frozen weights the checkpoint leaves out
     module.load_state_dict(checkpoint["state_dict"])
     return module.eval()
