@@ -36,6 +36,11 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer"])
         self.model = model
+        if (recipe == "lora") != (lora is not None) and isinstance(recipe, str):
+            raise ValueError(
+                f"recipe {recipe!r} with lora={lora!r}: the lora recipe needs LoRA settings, the other recipes none "
+                "(set model.lora=null)"
+            )
         if lora is not None:
             apply_lora(model, **lora)
         self.parameter_counts = set_trainable(model, recipe)
@@ -44,6 +49,11 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
         self.val_metrics = self.make_metrics()
         self.test_metrics = nn.ModuleList()
         self.normalize = CharVocabulary().normalize
+
+    def on_train_epoch_start(self) -> None:
+        # a part with nothing to train runs as at inference (no dropout, no SpecAugment); Lightning leaves modes
+        for part, count in self.parameter_counts.items():
+            getattr(self.model, part).train(count["trainable"] > 0)
 
     def on_train_start(self) -> None:
         counts = {

@@ -16,8 +16,10 @@ def drop_frozen(checkpoint: dict, module: L.LightningModule, prefix: str) -> Non
 
 
 def restore_dropped(checkpoint: dict, module: L.LightningModule, prefix: str) -> None:
-    """Fill the keys `drop_frozen` removed from the module's own (rebuilt) weights, so strict loading works."""
+    """Fill the keys `drop_frozen` removed from the module's own (rebuilt) weights, so strict loading works; a
+    missing trainable weight (an adapter) stays missing, and strict loading refuses the checkpoint."""
+    trainable = {name for name, p in module.named_parameters(remove_duplicate=False) if p.requires_grad}
     state = checkpoint["state_dict"]
     for name, value in module.state_dict().items():
-        if name.startswith(prefix) and name not in state:
+        if name.startswith(prefix) and name not in state and name not in trainable:
             state[name] = value

@@ -116,21 +116,24 @@ def test_nbest_scores_are_teacher_forced_log_probabilities_and_batching_changes_
     assert score == pytest.approx(forced, abs=1e-3)
 
 
-def test_transcription_is_bounded_by_the_audio_length(tiny_llm_dir):
+def test_transcription_is_bounded_by_the_longest_item_of_the_batch(tiny_llm_dir):
     model = tiny_speech_llm(tiny_llm_dir, tokens_per_second=4.0)
     audio, lens = audio_batch((16000, 8000))
-    assert model.max_new_tokens(lens, 16000) == 4 + 2
-    generate, bounds = model.llm.generate, []
+    generate, configs = model.llm.generate, []
 
     def recording(**kwargs):
-        bounds.append(kwargs["max_new_tokens"])
-        out = generate(**kwargs)
-        assert out.sequences.shape[1] <= kwargs["max_new_tokens"]
-        return out
+        configs.append(kwargs["generation_config"])
+        return generate(**kwargs)
 
     model.llm.generate = recording
     model.transcribe(audio, lens, beams=2, nbest=2)
-    assert bounds == [6]
+    (config,) = configs
+    assert config.max_new_tokens == 4 * 1 + 2  # 4 tokens per second of the 1 s item, plus room for EOS
+    # settings a model directory ships (Qwen2.5-Instruct: repetition penalty 1.05) never change the decoding
+    plain = model.transcribe(audio, lens, beams=2, nbest=2)
+    model.llm.generation_config.repetition_penalty = 3.0
+    model.llm.generation_config.no_repeat_ngram_size = 1
+    assert model.transcribe(audio, lens, beams=2, nbest=2) == plain
 
 
 def test_nbest_cannot_exceed_beams(tiny_llm_dir):

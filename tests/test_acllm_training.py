@@ -70,6 +70,7 @@ def test_the_loss_falls_on_a_repeated_batch_when_the_llm_trains(
             tiny_llm_dir,
             "model.optimizer.lr=3e-3",
             "model.recipe=full",
+            "model.lora=null",
         )
     )
     module = instantiate(cfg.model)
@@ -128,3 +129,54 @@ def test_transcribe_writes_hyp_and_nbest_and_names_unreadable_rows(
     wave = load_audio(transcribed.audio_path(0), sample_rate=16000)
     alone = model.transcribe(wave[None], torch.tensor([wave.shape[-1]]), beams=2, nbest=2)
     assert [h[0] for h in alone[0]] == [h["text"] for h in written[0]["nbest"]]
+
+
+def test_a_recipe_and_lora_settings_that_disagree_are_refused(
+    tiny_data_dir, tiny_ctc_checkpoint, tiny_llm_dir, tmp_path, compose_config
+):
+    import pytest
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    for extra in (["model.recipe=full"], ["model.lora=null"]):
+        cfg = compose_config(tiny_acllm(tiny_data_dir, tmp_path, tiny_ctc_checkpoint, tiny_llm_dir, *extra))
+        with pytest.raises(InstantiationException, match="the lora recipe needs LoRA settings"):
+            instantiate(cfg.model)
+
+
+def test_a_saved_and_reloaded_lora_model_gives_identical_hypotheses(
+    tiny_data_dir, tiny_ctc_checkpoint, tiny_llm_dir, tmp_path, compose_config
+):
+    """Adapters and converter are what the checkpoint stores; the frozen LLM comes back from its directory."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from experiments.core.checkpoints import load_module
+
+    cfg = compose_config(tiny_acllm(tiny_data_dir, tmp_path, tiny_ctc_checkpoint, tiny_llm_dir))
+    module = instantiate(cfg.model).eval()
+    with torch.no_grad():  # adapters that do something (LoRA B starts at zero)
+        for name, parameter in module.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    audio, lens = torch.randn(2, 1, 16000) * 0.1, torch.tensor([16000, 12000])
+    before = module.model.transcribe(audio, lens, beams=2, nbest=2)
+    checkpoint = {
+        "state_dict": module.state_dict(),
+        "voxlab_config": {"model": OmegaConf.to_container(cfg, resolve=True)["model"]},
+    }
+    module.on_save_checkpoint(checkpoint)
+    assert not any(k.startswith("model.llm.") and ".lora_" not in k for k in checkpoint["state_dict"])
+    torch.save(checkpoint, tmp_path / "saved.ckpt")
+    reloaded = load_module(tmp_path / "saved.ckpt")
+    after = reloaded.model.transcribe(audio, lens, beams=2, nbest=2)
+    assert [[h[0] for h in item] for item in after] == [[h[0] for h in item] for item in before]
+    assert [[h[1] for h in item] for item in after] == [[h[1] for h in item] for item in before]
+    del checkpoint["state_dict"][
+        "model.llm.base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight"
+    ]
+    torch.save(checkpoint, tmp_path / "broken.ckpt")
+    import pytest
+
+    with pytest.raises(RuntimeError, match="lora_B"):  # a missing adapter is never silently refilled
+        load_module(tmp_path / "broken.ckpt")

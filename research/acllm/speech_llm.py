@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import GenerationConfig
 
 from research.acllm.converter import Converter
 from research.encoder import ConformerEncoder
@@ -74,7 +75,7 @@ class SpeechLLM(nn.Module):
         if not (Path(llm_dir) / "config.json").is_file():
             raise FileNotFoundError(f"no transformers model in {llm_dir} (config.json missing)")
         self.encoder, self.converter = encoder, converter
-        self.llm = AutoModelForCausalLM.from_pretrained(llm_dir)
+        self.llm = AutoModelForCausalLM.from_pretrained(llm_dir).train()  # from_pretrained gives eval mode
         self.tokenizer = AutoTokenizer.from_pretrained(llm_dir)
         if self.tokenizer.eos_token_id is None:
             raise ValueError(f"the tokenizer in {llm_dir} has no EOS token: transcripts could not end")
@@ -161,31 +162,44 @@ class SpeechLLM(nn.Module):
         if nbest > beams:
             raise ValueError(f"nbest ({nbest}) cannot exceed beams ({beams})")
         batch = self.inputs(speech, speech_lens, None, left_pad=True)
-        out = self.llm.generate(
-            inputs_embeds=batch.embeds,
-            attention_mask=batch.attention_mask,
+        pad = self.pad_token_id
+        # an explicit config: settings a model directory ships (repetition penalty, sampling) would change the
+        # hypotheses and make the scores something other than the model's log-probabilities
+        config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             num_beams=beams,
             num_return_sequences=nbest,
             do_sample=False,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            min_new_tokens=0,
             length_penalty=0.0,  # beam scores as plain sums of log-probabilities
             early_stopping=True,
             eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            pad_token_id=pad,
+            bos_token_id=self.tokenizer.bos_token_id,
             output_scores=True,
             return_dict_in_generate=True,
+        )
+        out = self.llm.generate(
+            inputs_embeds=batch.embeds, attention_mask=batch.attention_mask, generation_config=config
         )
         step_scores = self.llm.compute_transition_scores(
             out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=beams == 1
         )
         ended = self.generated_mask(out.sequences)
         scores = step_scores.masked_fill(~ended, 0).sum(-1)
-        pad = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
         texts = self.tokenizer.batch_decode(out.sequences.masked_fill(~ended, pad), skip_special_tokens=True)
         hypotheses = [(text.strip(), float(score)) for text, score in zip(texts, scores, strict=True)]
         return [
             sorted(hypotheses[i : i + nbest], key=lambda h: -h[1]) for i in range(0, len(hypotheses), nbest)
         ]
+
+    @property
+    def pad_token_id(self) -> int:
+        """The tokenizer's pad token, else EOS (generate needs one; id 0 is a valid pad)."""
+        pad = self.tokenizer.pad_token_id
+        return self.tokenizer.eos_token_id if pad is None else pad
 
     def generated_mask(self, sequences: torch.Tensor) -> torch.Tensor:
         """True for generated tokens up to and including the first EOS (what follows it is padding)."""
