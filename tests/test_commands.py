@@ -55,7 +55,8 @@ def test_hydra_commands_refuse_an_unknown_experiment_in_one_line():
     assert result.returncode == 2
     assert (
         result.stderr.strip().splitlines() == [result.stderr.strip()]
-        and "unknown experiment 'asr/nope'; known: asr/ctc_digits" in result.stderr
+        and "unknown experiment 'asr/nope'; known: " in result.stderr
+        and "asr/ctc_digits, ssl/luise_iter1" in result.stderr
     )
 
 

@@ -104,6 +104,24 @@ def claim_folder(out_dir: Path, source: dict | None) -> int:
     return len(stale)
 
 
+def load_batch(
+    manifest: Manifest, indices: list[int], sample_rate: int, failures: list[tuple[str, str]]
+) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """The readable rows of `indices` as a padded batch: (their indices, audio (B, 1, T), lens (B,)); each
+    unreadable one is logged by file (and manifest line, where the manifest is a file) and added to `failures`."""
+    kept, waves = [], []
+    for index in indices:
+        try:
+            waves.append(load_audio(manifest.audio_path(index), sample_rate=sample_rate)[0])
+            kept.append(index)
+        except BadAudioError as error:
+            failures.append((str(error.path), error.reason))
+            where = f" (line {index + 1} of {manifest.path})" if manifest.path.is_file() else ""
+            log.error("cannot read %s: %s%s", error.path, error.reason, where)
+    audio, lens = pad_stack(waves) if waves else (torch.zeros(0, 0), torch.zeros(0, dtype=torch.long))
+    return kept, audio[:, None, :], lens
+
+
 def dump_per_utterance(
     source: str | Path | Manifest,
     *,
@@ -139,19 +157,11 @@ def dump_per_utterance(
     failed: set[int] = set()
     with tqdm(total=len(pending), desc=desc or f"{column}", unit="utt") as progress:
         for start in range(0, len(pending), batch_size):
-            indices, waves = [], []
-            for index in pending[start : start + batch_size]:
-                try:
-                    waves.append(load_audio(manifest.audio_path(index), sample_rate=sample_rate)[0])
-                    indices.append(index)
-                except BadAudioError as error:
-                    failed.add(index)
-                    result.failed.append((str(error.path), error.reason))
-                    where = f" (line {index + 1} of {manifest.path})" if manifest.path.is_file() else ""
-                    log.error("cannot read %s: %s%s", error.path, error.reason, where)
+            chunk = pending[start : start + batch_size]
+            indices, audio, lens = load_batch(manifest, chunk, sample_rate, result.failed)
+            failed.update(set(chunk) - set(indices))
             if indices:
-                audio, lens = pad_stack(waves)
-                for index, array in zip(indices, compute(audio[:, None, :], lens), strict=True):
+                for index, array in zip(indices, compute(audio, lens), strict=True):
                     save_array(targets[index], array)
                 result.written += len(indices)
             progress.update(len(pending[start : start + batch_size]))

@@ -3,7 +3,6 @@ manifest has transcripts; batched by duration with a progress bar; unreadable ro
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,12 +10,9 @@ import torch
 from torchmetrics.functional.text import char_error_rate, word_error_rate
 from tqdm import tqdm
 
-from datamodules.collate import pad_stack
 from datamodules.manifest import read_manifest, write_manifest
-from research.audio import BadAudioError, load_audio
+from experiments.core.dumps import load_batch
 from research.text import CharVocabulary
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,22 +40,12 @@ def transcribe_manifest(
     order = sorted(range(len(manifest)), key=lambda i: manifest.rows[i]["duration"])
     result, rows = TranscriptionResult(out=Path(out)), {}
     for start in tqdm(range(0, len(order), batch_size), desc="transcribing", unit="batch"):
-        indices, waves = [], []
-        for index in order[start : start + batch_size]:
-            try:
-                waves.append(load_audio(manifest.audio_path(index), sample_rate=sample_rate)[0])
-                indices.append(index)
-            except BadAudioError as error:
-                result.failed.append((str(error.path), error.reason))
-                log.error(
-                    "cannot read %s: %s (line %d of %s)", error.path, error.reason, index + 1, manifest.path
-                )
+        indices, audio, lens = load_batch(
+            manifest, order[start : start + batch_size], sample_rate, result.failed
+        )
         if not indices:
             continue
-        audio, lens = pad_stack(waves)
-        hypotheses = speech_llm.transcribe(
-            audio[:, None], lens, sample_rate=sample_rate, beams=beams, nbest=nbest
-        )
+        hypotheses = speech_llm.transcribe(audio, lens, sample_rate=sample_rate, beams=beams, nbest=nbest)
         for index, item in zip(indices, hypotheses, strict=True):
             rows[index] = {
                 **manifest.rows[index],
