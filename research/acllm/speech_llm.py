@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from research.acllm.converter import Converter
 from research.encoder import ConformerEncoder
@@ -70,8 +70,6 @@ class SpeechLLM(nn.Module):
         tokens_per_second: float = 20.0,
     ):
         super().__init__()
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         if not (Path(llm_dir) / "config.json").is_file():
             raise FileNotFoundError(f"no transformers model in {llm_dir} (config.json missing)")
         self.encoder, self.converter = encoder, converter
