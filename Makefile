@@ -12,9 +12,11 @@ export VOXLAB_MIRROR ?= $(abspath ../shared/data)
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: requirements.lock pyproject.toml
+$(BIN)/uv:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv==$(UV_VERSION)
+
+$(BIN)/.installed: requirements.lock pyproject.toml $(BIN)/uv
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --require-hashes -r requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
 	$(BIN)/python -m pip check
@@ -22,7 +24,7 @@ $(BIN)/.installed: requirements.lock pyproject.toml
 
 install: $(BIN)/.installed  ## create .venv from requirements.lock
 
-lock: $(BIN)/.installed  ## re-resolve requirements.lock after changing dependencies in pyproject.toml
+lock: $(BIN)/uv  ## re-resolve requirements.lock after changing dependencies in pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 --generate-hashes \
 		--quiet -o requirements.lock
 
