@@ -1,24 +1,32 @@
 """The audio-conditioned LLM's SFT stage: a SpeechLLM trained on (audio, transcript) pairs with a recipe of
 trainable parts (converter only, Seed-ASR's encoder + converter, LoRA, full), validated by decoding with the
 same prompt template (WER/CER, on every test set too). Trainable and total parameters per part are logged when
-training starts."""
+training starts. Items that cannot train (empty transcript, too long for the LLM's context or the encoder) are
+named in a warning and counted (`train/skipped`, `val/skipped`), never fatal. A LoRA run ends by exporting its
+adapter (peft directory) and the merged LLM beside its checkpoints and to MLflow (`acllm/adapter`,
+`acllm/merged`)."""
 
 from __future__ import annotations
 
+import logging
 from functools import partial
+from pathlib import Path
 
 import lightning as L
 import torch
 from torch import nn
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
+from lit_modules.artifacts import log_artifact_folder
 from lit_modules.checkpointing import drop_frozen, restore_dropped
 from lit_modules.evaluation import PerTestSetEvaluation
 from lit_modules.optim import optimizers_with_schedule
 from lit_modules.steps import all_skipped, empty_batch_loss
 from research.acllm.speech_llm import SpeechLLM
-from research.acllm.trainable import apply_lora, set_trainable
+from research.acllm.trainable import apply_lora, load_adapter, save_adapter, set_trainable
 from research.text import CharVocabulary
+
+log = logging.getLogger(__name__)
 
 
 class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
@@ -30,6 +38,8 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
         scheduler: dict | None = None,
         recipe: str | list[str] = "lora",
         lora: dict | None = None,
+        adapter_dir: str | None = None,
+        converter_first_steps: int = 0,
         beams: int = 1,
         sample_rate: int = 16000,
     ):
@@ -41,7 +51,11 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
                 f"recipe {recipe!r} with lora={lora!r}: the lora recipe needs LoRA settings, the other recipes none "
                 "(set model.lora=null)"
             )
-        if lora is not None:
+        if adapter_dir is not None:
+            if lora is None:
+                raise ValueError("adapter_dir needs the lora recipe (an adapter to continue training)")
+            load_adapter(model, adapter_dir)
+        elif lora is not None:
             apply_lora(model, **lora)
         self.parameter_counts = set_trainable(model, recipe)
         self.optimizer_factory = optimizer
@@ -49,6 +63,7 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
         self.val_metrics = self.make_metrics()
         self.test_metrics = nn.ModuleList()
         self.normalize = CharVocabulary().normalize
+        self.skipped_in_training = 0
 
     def on_train_epoch_start(self) -> None:
         # a part with nothing to train runs as at inference (no dropout, no SpecAugment); Lightning leaves modes
@@ -64,17 +79,58 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
         for logger in self.loggers:
             logger.log_metrics(counts, step=self.global_step)
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # SLAM-LLM's advice, converter first: until converter_first_steps nothing else moves (AdamW skips a
+        # parameter without a gradient, moments included)
+        if self.global_step < self.hparams.converter_first_steps:
+            for name, parameter in self.model.named_parameters():
+                if not name.startswith("converter."):
+                    parameter.grad = None
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         drop_frozen(checkpoint, self, "model.llm.")  # a frozen LLM is rebuilt from its directory
+        checkpoint["voxlab_llm"] = {"dir": self.model.llm_dir, "digest": self.model.llm_digest}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        trained_on = checkpoint.get("voxlab_llm")
+        if trained_on and trained_on["digest"] != self.model.llm_digest:
+            raise ValueError(
+                f"this checkpoint was trained on the LLM in {trained_on['dir']}; the directory "
+                f"{self.model.llm_dir} now holds a different model, and the checkpoint does not store the "
+                "frozen LLM weights"
+            )
         restore_dropped(checkpoint, self, "model.llm.")
 
+    def on_fit_end(self) -> None:
+        if self.hparams.lora is None or not self.trainer.is_global_zero:
+            return
+        exported = save_adapter(self.model, Path(self.trainer.default_root_dir) / "export")
+        for folder in exported.values():
+            log_artifact_folder(self.trainer, folder, "acllm")
+        log.info("adapter and merged LLM written to %s", exported["adapter"].parent)
+
+    def usable_loss(self, batch: dict) -> tuple[torch.Tensor | None, list[int]]:
+        """Teacher-forced loss over the items that can train, and their indices; the others are named in a
+        warning."""
+        speech, speech_lens = self.model.speech_embeddings(batch["audio"], batch["audio_lens"])
+        targets = [self.model.transcript_ids(text) for text in batch["text"]]
+        seconds = (batch["audio_lens"] / self.hparams.sample_rate).tolist()
+        reasons = self.model.unusable(batch["text"], targets, speech_lens, seconds)
+        for index, reason in reasons.items():
+            log.warning("skipping %s: %s", batch.get("id", ["?"] * len(targets))[index], reason)
+        kept = [index for index in range(len(targets)) if index not in reasons]
+        if not kept:
+            return None, kept
+        rows = torch.tensor(kept, device=speech.device)
+        return self.model.loss(speech[rows], speech_lens[rows], [targets[i] for i in kept]), kept
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        if all_skipped(batch):
+        loss, kept = (None, []) if all_skipped(batch) else self.usable_loss(batch)
+        self.skipped_in_training += len(batch["text"]) - len(kept)
+        self.log("train/skipped", float(self.skipped_in_training), batch_size=1)
+        if loss is None:
             return empty_batch_loss(self)
-        loss = self.model(batch["audio"], batch["audio_lens"], batch["text"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["text"]))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(kept))
         return loss
 
     @staticmethod
@@ -86,18 +142,24 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
             self.evaluate(batch, self.val_metrics, "val")
 
     def evaluate(self, batch: dict, metrics: nn.ModuleDict, prefix: str) -> None:
-        """Teacher-forced loss, then decoding with the training prompt: WER / CER against the transcripts."""
-        size = len(batch["text"])
-        loss = self.model(batch["audio"], batch["audio_lens"], batch["text"])
+        """Teacher-forced loss, then decoding with the training prompt: WER / CER against the transcripts (of
+        the items that could be scored; the others are counted in `{prefix}/skipped`)."""
+        loss, kept = self.usable_loss(batch)
+        skipped = float(len(batch["text"]) - len(kept))
+        self.log(f"{prefix}/skipped", skipped, batch_size=1, reduce_fx="sum", add_dataloader_idx=False)
+        if loss is None:
+            return
+        size = len(kept)
         self.log(f"{prefix}/loss", loss, batch_size=size, sync_dist=True, add_dataloader_idx=False)
+        rows = torch.tensor(kept, device=batch["audio"].device)
         nbest = self.model.transcribe(
-            batch["audio"],
-            batch["audio_lens"],
+            batch["audio"][rows],
+            batch["audio_lens"][rows],
             sample_rate=self.hparams.sample_rate,
             beams=self.hparams.beams,
         )
         hypotheses = [self.normalize(item[0][0]) for item in nbest]
-        references = [self.normalize(text) for text in batch["text"]]
+        references = [self.normalize(batch["text"][i]) for i in kept]
         for name, metric in metrics.items():
             metric.update(hypotheses, references)
             self.log(f"{prefix}/{name}", metric, batch_size=size, add_dataloader_idx=False)

@@ -30,6 +30,19 @@ def log_artifact_file(trainer: L.Trainer, local_path: Path, artifact_dir: str) -
         shutil.copy(local_path, target / local_path.name)
 
 
+def log_artifact_folder(trainer: L.Trainer, folder: Path, artifact_dir: str) -> None:
+    """A whole folder (a model directory) under `artifact_dir/<folder name>`."""
+    if not trainer.is_global_zero:
+        return
+    mlflow_logger = find_mlflow_logger(trainer.loggers)
+    if mlflow_logger is not None:
+        target = f"{artifact_dir}/{folder.name}"
+        mlflow_logger.experiment.log_artifacts(mlflow_logger.run_id, str(folder), target)
+    else:
+        target = Path(trainer.default_root_dir) / "artifacts" / artifact_dir / folder.name
+        shutil.copytree(folder, target, dirs_exist_ok=True)
+
+
 def _write_and_log(trainer: L.Trainer, artifact_dir: str, name: str, write) -> None:
     if not trainer.is_global_zero:
         return

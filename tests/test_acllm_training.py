@@ -43,6 +43,9 @@ def test_lora_recipe_trains_logs_parameter_counts_and_validates(
     assert logged["params/encoder/trainable"] == 0 and logged["params/converter/trainable"] > 0
     assert 0 < logged["params/llm/trainable"] < 0.1 * logged["params/llm/total"]
     assert run.data.tags["voxlab.component"] == "acllm"
+    exported = {a.path for a in client.list_artifacts(run.info.run_id, "acllm")}
+    assert exported == {"acllm/adapter", "acllm/merged"}  # peft's directory and the merged LLM
+    assert (tmp_path / "run" / "export" / "adapter" / "adapter_config.json").is_file()
     saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["state_dict"]
     llm_keys = [k for k in saved if k.startswith("model.llm.")]
     assert llm_keys and all(".lora_" in k for k in llm_keys)  # the frozen LLM is rebuilt from its directory

@@ -8,7 +8,6 @@ made from another source are rebuilt, never reused."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from datamodules.collate import pad_stack
 from datamodules.manifest import Manifest, read_manifest, write_manifest
 from research.audio import BadAudioError, audio_info, load_audio
+from research.digest import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +69,6 @@ def save_array(path: Path, array: np.ndarray) -> None:
 
 
 SOURCE_FILE = "source.json"
-
-
-def file_digest(path: str | Path, chunk: int = 1 << 22) -> str:
-    """SHA-1 of a file's content, or of a folder's files (names and contents), e.g. a transformers model dir."""
-    path = Path(path)
-    digest = hashlib.sha1()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        with open(file, "rb") as handle:
-            while block := handle.read(chunk):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def checkpoint_source(path: str | Path, **settings) -> dict:

@@ -13,8 +13,9 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from research.acllm.converter import Converter
+from research.digest import file_digest
 from research.encoder import ConformerEncoder
-from research.tokenizer.teachers import check_layer, select_layer
+from research.tokenizer.teachers import HuggingFaceTeacher, check_layer, select_layer
 
 IGNORE = -100  # label of positions that carry no loss (prompt, speech, padding)
 
@@ -52,6 +53,26 @@ class SpeechEncoder(nn.Module):
         return frames, out.lens
 
 
+class HuggingFaceSpeechEncoder(nn.Module):
+    """A transformers HuBERT / WavLM / wav2vec2 directory read at one layer (`layer=None`: its last). It runs
+    without dropout, as the distillation teacher does, also under a recipe that trains it."""
+
+    def __init__(self, *, model_dir: str, layer: int | str | None = None, sample_rate: int = 16000):
+        super().__init__()
+        if not (Path(model_dir) / "config.json").is_file():
+            raise FileNotFoundError(f"no transformers speech encoder in {model_dir} (config.json missing)")
+        from transformers import AutoConfig
+
+        last = AutoConfig.from_pretrained(model_dir).num_hidden_layers
+        self.model = HuggingFaceTeacher(
+            model_dir=model_dir, layer=last if layer is None else layer, sample_rate=sample_rate
+        )
+        self.dim = self.model.dim
+
+    def forward(self, audio: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode_with_grad(audio, lens)
+
+
 @dataclass
 class LLMInputs:
     embeds: torch.Tensor  # (B, L, d_llm)
@@ -68,11 +89,19 @@ class SpeechLLM(nn.Module):
         llm_dir: str,
         template: PromptTemplate | None = None,
         tokens_per_second: float = 20.0,
+        max_audio_seconds: float | None = None,
     ):
         super().__init__()
         if not (Path(llm_dir) / "config.json").is_file():
-            raise FileNotFoundError(f"no transformers model in {llm_dir} (config.json missing)")
+            raise FileNotFoundError(
+                f"no transformers causal LM in {llm_dir} (config.json missing): set model.model.llm_dir to a "
+                "directory written by save_pretrained (e.g. a text_lm run's hf/ folder)"
+            )
         self.encoder, self.converter = encoder, converter
+        self.llm_dir = str(llm_dir)
+        # checkpoints leave the frozen LLM out: the digest tells a reload whether the directory still holds it
+        self.llm_digest = file_digest(llm_dir)
+        self.max_audio_seconds = max_audio_seconds
         self.llm = AutoModelForCausalLM.from_pretrained(llm_dir).train()  # from_pretrained gives eval mode
         self.tokenizer = AutoTokenizer.from_pretrained(llm_dir)
         if self.tokenizer.eos_token_id is None:
@@ -124,10 +153,43 @@ class SpeechLLM(nn.Module):
     def forward(self, audio: torch.Tensor, lens: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """Mean cross-entropy over the transcript tokens (and EOS) of the batch."""
         speech, speech_lens = self.speech_embeddings(audio, lens)
-        batch = self.inputs(speech, speech_lens, [self.transcript_ids(t) for t in texts], left_pad=False)
+        return self.loss(speech, speech_lens, [self.transcript_ids(t) for t in texts])
+
+    def loss(self, speech: torch.Tensor, speech_lens: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
+        batch = self.inputs(speech, speech_lens, targets, left_pad=False)
         return self.llm(
             inputs_embeds=batch.embeds, attention_mask=batch.attention_mask, labels=batch.labels
         ).loss
+
+    @property
+    def context_length(self) -> int | None:
+        return getattr(self.llm.config, "max_position_embeddings", None)
+
+    def unusable(
+        self,
+        texts: list[str],
+        targets: list[list[int]],
+        speech_lens: torch.Tensor,
+        audio_seconds: list[float],
+    ) -> dict[int, str]:
+        """{item: why} for the items a step must skip: an empty transcript, audio longer than
+        `max_audio_seconds`, or prompt + speech + transcript longer than the LLM's context."""
+        prompt = len(self.before_ids) + len(self.after_ids)
+        reasons = {}
+        for index, (text, target, frames, seconds) in enumerate(
+            zip(texts, targets, speech_lens.tolist(), audio_seconds, strict=True)
+        ):
+            length = prompt + frames + len(target)
+            if not text.strip():
+                reasons[index] = "empty transcript"
+            elif self.max_audio_seconds and seconds > self.max_audio_seconds:
+                reasons[index] = f"{seconds:.1f} s of audio, over max_audio_seconds={self.max_audio_seconds}"
+            elif self.context_length and length > self.context_length:
+                reasons[index] = (
+                    f"{length} positions (prompt {prompt}, speech {frames}, transcript {len(target)}) exceed "
+                    f"the LLM's context of {self.context_length}"
+                )
+        return reasons
 
     def max_new_tokens(self, lens: torch.Tensor, sample_rate: int) -> int:
         """Bounded by the audio: `tokens_per_second` of the longest item, plus room for EOS."""

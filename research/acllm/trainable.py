@@ -3,10 +3,17 @@ them, and peft LoRA on the LLM. A recipe lists the patterns whose parameters tra
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 from collections import Counter
+from pathlib import Path
 
 from torch import nn
+
+BASE_RECORD = (
+    "voxlab_base.json"  # beside peft's files: the digest of the LLM directory the adapter was trained on
+)
 
 RECIPES = {
     "converter_only": [r"^converter\."],  # SLAM-LLM's LibriSpeech recipe: encoder and LLM frozen
@@ -35,6 +42,43 @@ def apply_lora(
         task_type="CAUSAL_LM",
     )
     model.llm = get_peft_model(model.llm, config)
+
+
+def save_adapter(model: nn.Module, folder: str | Path) -> dict[str, Path]:
+    """`adapter/`: peft's adapter directory (`PeftModel.from_pretrained(base, dir)`), with the digest of its
+    base LLM; `merged/`: the LLM with the adapter folded in, and its tokenizer (`AutoModelForCausalLM`)."""
+    folder = Path(folder)
+    adapter, merged = folder / "adapter", folder / "merged"
+    model.llm.save_pretrained(adapter)
+    record = {"llm_dir": model.llm_dir, "llm_digest": model.llm_digest}
+    (adapter / BASE_RECORD).write_text(json.dumps(record, indent=2))
+    copy.deepcopy(model.llm).merge_and_unload().save_pretrained(merged)
+    model.tokenizer.save_pretrained(merged)
+    return {"adapter": adapter, "merged": merged}
+
+
+def load_adapter(model: nn.Module, adapter_dir: str | Path) -> None:
+    """Wrap `model.llm` in the trainable adapter saved in `adapter_dir`, refusing one trained on another base:
+    a recorded digest that differs, or weights whose shapes do not fit."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"no peft adapter in {adapter_dir} (adapter_config.json missing)")
+    record = adapter_dir / BASE_RECORD
+    if record.is_file() and json.loads(record.read_text())["llm_digest"] != model.llm_digest:
+        base = json.loads(record.read_text())["llm_dir"]
+        raise ValueError(
+            f"the adapter in {adapter_dir} was trained on the LLM in {base}, whose content differs from "
+            f"the LLM in {model.llm_dir}"
+        )
+    try:
+        model.llm = PeftModel.from_pretrained(model.llm, str(adapter_dir), is_trainable=True)
+    except (RuntimeError, ValueError, KeyError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise ValueError(
+            f"the adapter in {adapter_dir} does not fit the LLM in {model.llm_dir}: {first_line}"
+        ) from error
 
 
 def set_trainable(model: nn.Module, patterns: list[str] | str) -> dict[str, dict[str, int]]:

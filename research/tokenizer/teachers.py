@@ -87,9 +87,14 @@ class HuggingFaceTeacher(FrozenTeacher):
     def encode(
         self, audio: torch.Tensor, audio_lens: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode_with_grad(audio, audio_lens)
+
+    def encode_with_grad(
+        self, audio: torch.Tensor, audio_lens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """As transformers' feature extractor prepares a batch: each item normalised over its own samples (when
         the model's extractor normalises), padding set to zero, an attention mask where the model takes one.
-        Valid frame counts follow the model's conv stack."""
+        Valid frame counts follow the model's conv stack. (Gradients flow: an encoder a recipe trains.)"""
         wave = audio.squeeze(1).float()
         lens = full_lengths(audio, audio_lens)
         valid = torch.arange(wave.shape[-1], device=wave.device)[None] < lens[:, None]
