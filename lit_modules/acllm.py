@@ -55,8 +55,8 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
             if lora is None:
                 raise ValueError("adapter_dir needs the lora recipe (an adapter to continue training)")
             load_adapter(model, adapter_dir)
-        elif lora is not None:
-            apply_lora(model, **lora)
+        elif lora is not None:  # a unit model's new token rows train beside the adapters
+            apply_lora(model, **lora, trainable_tokens=getattr(model, "unit_token_ids", None))
         self.parameter_counts = set_trainable(model, recipe)
         self.optimizer_factory = optimizer
         self.scheduler = scheduler or {}
@@ -109,10 +109,10 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
             log_artifact_folder(self.trainer, folder, "acllm")
         log.info("adapter and merged LLM written to %s", exported["adapter"].parent)
 
-    def usable_loss(self, batch: dict) -> tuple[torch.Tensor | None, list[int]]:
-        """Teacher-forced loss over the items that can train, and their indices; the others are named in a
-        warning."""
-        speech, speech_lens = self.model.speech_embeddings(batch["audio"], batch["audio_lens"])
+    def usable_loss(self, batch: dict) -> tuple[torch.Tensor | None, list[int], tuple[torch.Tensor, ...]]:
+        """Teacher-forced loss over the items that can train, their indices and speech embeddings (B, L, d),
+        lengths; the others are named in a warning."""
+        speech, speech_lens = self.model.embed_speech(batch)
         targets = [self.model.transcript_ids(text) for text in batch["text"]]
         seconds = (batch["audio_lens"] / self.hparams.sample_rate).tolist()
         reasons = self.model.unusable(batch["text"], targets, speech_lens, seconds)
@@ -120,12 +120,13 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
             log.warning("skipping %s: %s", batch.get("id", ["?"] * len(targets))[index], reason)
         kept = [index for index in range(len(targets)) if index not in reasons]
         if not kept:
-            return None, kept
+            return None, kept, (None, None)
         rows = torch.tensor(kept, device=speech.device)
-        return self.model.loss(speech[rows], speech_lens[rows], [targets[i] for i in kept]), kept
+        speech, speech_lens = speech[rows], speech_lens[rows]
+        return self.model.loss(speech, speech_lens, [targets[i] for i in kept]), kept, (speech, speech_lens)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, kept = (None, []) if all_skipped(batch) else self.usable_loss(batch)
+        loss, kept, _ = (None, [], None) if all_skipped(batch) else self.usable_loss(batch)
         self.skipped_in_training += len(batch["text"]) - len(kept)
         self.log("train/skipped", float(self.skipped_in_training), batch_size=1)
         if loss is None:
@@ -144,20 +145,18 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
     def evaluate(self, batch: dict, metrics: nn.ModuleDict, prefix: str) -> None:
         """Teacher-forced loss, then decoding with the training prompt: WER / CER against the transcripts (of
         the items that could be scored; the others are counted in `{prefix}/skipped`)."""
-        loss, kept = self.usable_loss(batch)
+        loss, kept, (speech, speech_lens) = self.usable_loss(batch)
         skipped = float(len(batch["text"]) - len(kept))
         self.log(f"{prefix}/skipped", skipped, batch_size=1, reduce_fx="sum", add_dataloader_idx=False)
         if loss is None:
             return
         size = len(kept)
         self.log(f"{prefix}/loss", loss, batch_size=size, sync_dist=True, add_dataloader_idx=False)
-        rows = torch.tensor(kept, device=batch["audio"].device)
-        nbest = self.model.transcribe(
-            batch["audio"][rows],
-            batch["audio_lens"][rows],
-            sample_rate=self.hparams.sample_rate,
-            beams=self.hparams.beams,
-        )
+        audio_lens = batch["audio_lens"][torch.tensor(kept, device=speech.device)]
+        bound = self.model.max_new_tokens(audio_lens, self.hparams.sample_rate)
+        nbest = self.model.decode(
+            speech, speech_lens, beams=self.hparams.beams, nbest=1, max_new_tokens=bound
+        )  # the speech the loss encoded, not encoded again
         hypotheses = [self.normalize(item[0][0]) for item in nbest]
         references = [self.normalize(batch["text"][i]) for i in kept]
         for name, metric in metrics.items():

@@ -102,6 +102,7 @@ class SpeechLLM(nn.Module):
         # checkpoints leave the frozen LLM out: the digest tells a reload whether the directory still holds it
         self.llm_digest = file_digest(llm_dir)
         self.max_audio_seconds = max_audio_seconds
+        self.suppressed_ids: list[int] = []  # tokens decoding never emits (the unit variant's units)
         self.llm = AutoModelForCausalLM.from_pretrained(llm_dir).train()  # from_pretrained gives eval mode
         self.tokenizer = AutoTokenizer.from_pretrained(llm_dir)
         if self.tokenizer.eos_token_id is None:
@@ -122,6 +123,10 @@ class SpeechLLM(nn.Module):
     def speech_embeddings(self, audio: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         frames, frame_lens = self.encoder(audio, lens)
         return self.converter(frames, frame_lens)
+
+    def embed_speech(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, d_llm) speech embeddings and their lengths from a datamodule batch."""
+        return self.speech_embeddings(batch["audio"], batch["audio_lens"])
 
     def inputs(
         self,
@@ -238,6 +243,7 @@ class SpeechLLM(nn.Module):
             eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=pad,
             bos_token_id=self.tokenizer.bos_token_id,
+            suppress_tokens=self.suppressed_ids or None,
             output_scores=True,
             return_dict_in_generate=True,
         )

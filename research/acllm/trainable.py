@@ -18,7 +18,8 @@ BASE_RECORD = (
 RECIPES = {
     "converter_only": [r"^converter\."],  # SLAM-LLM's LibriSpeech recipe: encoder and LLM frozen
     "seed_asr": [r"^encoder\.", r"^converter\."],  # Seed-ASR's SFT: LLM frozen
-    "lora": [r"^converter\.", r"\.lora_"],  # converter and LoRA adapters (NeMo keeps `lora_` trainable)
+    # converter, LoRA adapters (NeMo keeps `lora_` trainable) and new token rows (the unit variant's)
+    "lora": [r"^converter\.", r"\.lora_", r"\.trainable_tokens_"],
     "full": [r".*"],
 }
 
@@ -30,8 +31,10 @@ def apply_lora(
     alpha: int = 32,
     dropout: float = 0.05,
     target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
+    trainable_tokens: list[int] | None = None,
 ) -> None:
-    """Wrap `model.llm` in peft LoRA adapters (SLAM-LLM's defaults: r 8, alpha 32, q_proj/v_proj, dropout 0.05)."""
+    """Wrap `model.llm` in peft LoRA adapters (SLAM-LLM's defaults: r 8, alpha 32, q_proj/v_proj, dropout 0.05);
+    `trainable_tokens`: input-embedding rows that train too (peft's trainable_token_indices)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -40,6 +43,7 @@ def apply_lora(
         lora_dropout=dropout,
         target_modules=list(target_modules),
         task_type="CAUSAL_LM",
+        trainable_token_indices=trainable_tokens,
     )
     model.llm = get_peft_model(model.llm, config)
 
