@@ -34,7 +34,7 @@ def test_an_empty_transcript_is_named_skipped_and_left_out_of_the_loss(tiny_llm_
     lit = module(tiny_llm_dir, recipe="full")
     data = batch(["one two", "", "nine"])
     with caplog.at_level("WARNING"):
-        loss, kept = lit.usable_loss(data)
+        loss, kept, _ = lit.usable_loss(data)
     assert kept == [0, 2] and "skipping utt1: empty transcript" in caplog.text
     keep = torch.tensor([0, 2])
     expected = lit.model(data["audio"][keep], data["audio_lens"][keep], ["one two", "nine"])
