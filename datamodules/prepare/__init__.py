@@ -4,5 +4,12 @@ from datamodules.prepare.connected_digits import prepare_connected_digits
 from datamodules.prepare.folder import prepare_folder
 from datamodules.prepare.fsdd import prepare_fsdd
 from datamodules.prepare.librispeech import prepare_librispeech
+from datamodules.prepare.spoken_sentences import prepare_spoken_sentences
 
-__all__ = ["prepare_connected_digits", "prepare_folder", "prepare_fsdd", "prepare_librispeech"]
+__all__ = [
+    "prepare_connected_digits",
+    "prepare_folder",
+    "prepare_fsdd",
+    "prepare_librispeech",
+    "prepare_spoken_sentences",
+]

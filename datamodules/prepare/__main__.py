@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 
-from datamodules.prepare import prepare_connected_digits, prepare_folder, prepare_fsdd, prepare_librispeech
+from datamodules.prepare import (
+    prepare_connected_digits,
+    prepare_folder,
+    prepare_fsdd,
+    prepare_librispeech,
+    prepare_spoken_sentences,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,6 +24,14 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--download", action="store_true", help="fetch the pinned upstream snapshot")
     sub.choices["connected-digits"].add_argument("--heldout-speaker", default="theo")
     sub.choices["connected-digits"].add_argument("--seed", type=int, default=1234)
+    p = sub.add_parser("spoken-sentences", help="English fortune sentences synthesised with espeak-ng")
+    p.add_argument("--out", required=True, help="output folder for manifests, audio and lm_corpus.txt")
+    p.add_argument("--hours", type=float, default=1.0, help="hours of train audio")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--noise-fraction", type=float, default=0.5, help="share of utterances given noise")
+    p.add_argument(
+        "--noise-snr", type=float, nargs=2, default=(5.0, 25.0), metavar=("LOW", "HIGH"), help="dB"
+    )
     p = sub.add_parser("librispeech")
     p.add_argument("--root", required=True)
     p.add_argument("--out", required=True, help="manifest path (.jsonl)")
@@ -37,6 +51,14 @@ def main(argv: list[str] | None = None) -> None:
             download=args.download,
             heldout_speaker=args.heldout_speaker,
             seed=args.seed,
+        )
+    elif args.dataset == "spoken-sentences":
+        result = prepare_spoken_sentences(
+            args.out,
+            hours=args.hours,
+            seed=args.seed,
+            noise_fraction=args.noise_fraction,
+            noise_snr_db=tuple(args.noise_snr),
         )
     elif args.dataset == "librispeech":
         result = prepare_librispeech(root=args.root, out_path=args.out)
