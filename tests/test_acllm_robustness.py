@@ -169,3 +169,15 @@ def test_a_transformers_speech_encoder_feeds_the_llm_and_trains_under_seed_asr(t
     assert encoder.model.model.encoder.layers[-1].attention.q_proj.weight.grad is not None
     with pytest.raises(FileNotFoundError, match="no transformers speech encoder"):
         HuggingFaceSpeechEncoder(model_dir=str(tiny_llm_dir / "none"))
+
+
+def test_decoding_continues_exactly_the_prompt_that_training_used(tiny_llm_dir):
+    """SLAM-LLM #113 / FunASR #2407: a decode prompt unlike the training one gives refusals and loops."""
+    model = tiny_speech_llm(tiny_llm_dir)
+    speech, lens = torch.randn(1, 4, 32), torch.tensor([4])
+    target = model.transcript_ids("one two")
+    trained = model.inputs(speech, lens, [target], left_pad=False)
+    decoded = model.inputs(speech, lens, None, left_pad=True)
+    prompt = decoded.embeds.shape[1]
+    assert torch.equal(trained.embeds[0, :prompt], decoded.embeds[0])
+    assert trained.labels[0, :prompt].eq(-100).all() and trained.labels[0, prompt:].tolist() == target
