@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     module = load_module(resolve_checkpoint(args.ckpt, args.run_id))
     if not hasattr(module, "model") or not hasattr(module.model, "transcribe"):
         raise UserError("that checkpoint is not an audio-conditioned LLM (experiment=acllm/...)")
+    if module.model.encoder is None:  # the unit variant reads a manifest column, not audio
+        raise UserError(
+            "a unit-input model reads its units from the data: use experiments.eval run_id=... instead"
+        )
     result = transcribe_manifest(
         module.model,
         args.manifest,

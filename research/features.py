@@ -36,6 +36,9 @@ class LogMel(nn.Module):
             hop_length=self.hop_length,
             n_mels=n_mels,
             center=True,
+            # zeros past the end, as a batch pads: an utterance's last frames are the same alone or batched
+            # (the default reflection would mirror its own samples alone but read the padding in a batch)
+            pad_mode="constant",
         )
         self.normalize = normalize
 

@@ -135,3 +135,17 @@ def test_sft_can_reset_the_top_encoder_layers():
     assert all(name.startswith(top) for name in changed)  # nothing below it moves
     with pytest.raises(ValueError, match="cannot reset 3 of 2 layers"):
         net.encoder.reset_top_layers(3)
+
+
+def test_encoder_output_from_audio_is_the_same_alone_or_batched():
+    torch.manual_seed(0)
+    encoder = ConformerEncoder(d_model=16, num_layers=2, num_heads=2, ffn_dim=32, subsampling_channels=4).eval()
+    audio = torch.randn(2, 1, 16000) * 0.1
+    audio[1, :, 9001:] = 0  # the short item's padding
+    lens = torch.tensor([16000, 9001])
+    with torch.no_grad():
+        batched = encoder(audio, lens)
+        alone = encoder(audio[1:, :, :9001], lens[1:])
+    frames = int(alone.lens[0])
+    assert int(batched.lens[1]) == frames
+    assert torch.allclose(batched.hidden[1, :frames], alone.hidden[0], atol=1e-5)
