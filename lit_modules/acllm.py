@@ -21,7 +21,7 @@ from lit_modules.artifacts import log_artifact_folder
 from lit_modules.checkpointing import drop_frozen, restore_dropped
 from lit_modules.evaluation import PerTestSetEvaluation
 from lit_modules.optim import optimizers_with_schedule
-from lit_modules.steps import all_skipped, empty_batch_loss
+from lit_modules.steps import all_skipped, empty_batch_loss, select_items
 from research.acllm.speech_llm import SpeechLLM
 from research.acllm.trainable import apply_lora, load_adapter, save_adapter, set_trainable
 from research.text import CharVocabulary
@@ -96,13 +96,18 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
         if trained_on and trained_on["digest"] != self.model.llm_digest:
             raise ValueError(
                 f"this checkpoint was trained on the LLM in {trained_on['dir']}; the directory "
-                f"{self.model.llm_dir} now holds a different model, and the checkpoint does not store the "
-                "frozen LLM weights"
+                f"{self.model.llm_dir} now holds a different model (its frozen weights and tokenizer would be "
+                "read from there)"
             )
         restore_dropped(checkpoint, self, "model.llm.")
 
     def on_fit_end(self) -> None:
         if self.hparams.lora is None or not self.trainer.is_global_zero:
+            return
+        if "FSDP" in type(self.trainer.strategy).__name__:  # rank 0 holds a shard only
+            log.warning(
+                "no adapter export under FSDP: load the checkpoint on one device and use save_adapter"
+            )
             return
         exported = save_adapter(self.model, Path(self.trainer.default_root_dir) / "export")
         for folder in exported.values():
@@ -111,19 +116,27 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
 
     def usable_loss(self, batch: dict) -> tuple[torch.Tensor | None, list[int], tuple[torch.Tensor, ...]]:
         """Teacher-forced loss over the items that can train, their indices and speech embeddings (B, L, d),
-        lengths; the others are named in a warning."""
-        speech, speech_lens = self.model.embed_speech(batch)
-        targets = [self.model.transcript_ids(text) for text in batch["text"]]
+        lengths; the others are named in a warning. Empty transcripts and over-long audio are left out before
+        encoding, items over the LLM's context after it."""
+        size = len(batch["text"])
         seconds = (batch["audio_lens"] / self.hparams.sample_rate).tolist()
-        reasons = self.model.unusable(batch["text"], targets, speech_lens, seconds)
-        for index, reason in reasons.items():
-            log.warning("skipping %s: %s", batch.get("id", ["?"] * len(targets))[index], reason)
-        kept = [index for index in range(len(targets)) if index not in reasons]
+        reasons = self.model.unusable_input(batch["text"], seconds)
+        kept = [index for index in range(size) if index not in reasons]
+        speech = speech_lens = targets = None
+        if kept:
+            speech, speech_lens = self.model.embed_speech(select_items(batch, kept))
+            targets = [self.model.transcript_ids(batch["text"][i]) for i in kept]
+            over = self.model.over_context(targets, speech_lens)
+            reasons.update({kept[i]: why for i, why in over.items()})
+            fits = [i for i in range(len(kept)) if i not in over]
+            rows = torch.tensor(fits, dtype=torch.long, device=speech.device)
+            speech, speech_lens, targets = speech[rows], speech_lens[rows], [targets[i] for i in fits]
+            kept = [kept[i] for i in fits]
+        for index, reason in sorted(reasons.items()):
+            log.warning("skipping %s: %s", batch.get("id", ["?"] * size)[index], reason)
         if not kept:
             return None, kept, (None, None)
-        rows = torch.tensor(kept, device=speech.device)
-        speech, speech_lens = speech[rows], speech_lens[rows]
-        return self.model.loss(speech, speech_lens, [targets[i] for i in kept]), kept, (speech, speech_lens)
+        return self.model.loss(speech, speech_lens, targets), kept, (speech, speech_lens)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, kept, _ = (None, [], None) if all_skipped(batch) else self.usable_loss(batch)

@@ -34,3 +34,18 @@ def any_rank_all_skipped(batch: dict, device: torch.device) -> bool:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(flag)
     return bool(flag > 0)
+
+
+def select_items(batch: dict, rows: list[int]) -> dict:
+    """The batch restricted to items `rows`: per-item tensors and lists are indexed, anything else is kept."""
+    size = len(batch["audio_lens"])
+    index = torch.tensor(rows, dtype=torch.long, device=batch["audio_lens"].device)
+    selected = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == size:
+            selected[key] = value[index.to(value.device)]
+        elif isinstance(value, list) and len(value) == size:
+            selected[key] = [value[i] for i in rows]
+        else:
+            selected[key] = value
+    return selected

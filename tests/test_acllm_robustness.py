@@ -46,11 +46,23 @@ def test_items_longer_than_the_context_or_the_audio_limit_are_skipped_with_the_r
     model = lit.model
     speech_lens = model.converter.output_lengths(torch.tensor([25, 25]))  # 1 s at 40 ms -> 7 speech tokens
     targets = [model.transcript_ids("one"), model.transcript_ids(" ".join(["seven"] * 600))]
-    reasons = model.unusable(["one", "seven ..."], targets, speech_lens, [1.0, 1.0])
+    reasons = model.over_context(targets, speech_lens)
     assert list(reasons) == [1] and "exceed the LLM's context of 512" in reasons[1]
     model.max_audio_seconds = 0.5
-    reasons = model.unusable(["one", "one"], targets[:1] * 2, speech_lens, [0.4, 0.9])
-    assert list(reasons) == [1] and "over max_audio_seconds=0.5" in reasons[1]
+    reasons = model.unusable_input(["one", "one", ""], [0.4, 0.9, 0.1])
+    assert reasons == {1: "0.9 s of audio, over max_audio_seconds=0.5", 2: "empty transcript"}
+
+
+def test_over_long_audio_is_never_encoded(tiny_llm_dir):
+    lit = module(tiny_llm_dir, recipe="full")
+    lit.model.max_audio_seconds = 0.8
+    encoded = []
+    encoder_forward = lit.model.encoder.forward
+    lit.model.encoder.forward = lambda audio, lens: (
+        encoded.append(lens.tolist()) or encoder_forward(audio, lens)
+    )
+    _, kept, _ = lit.usable_loss(batch(["one", "two", "three"]))
+    assert kept == [1, 2] and encoded == [[9000, 12000]]  # the 1 s item never reached the encoder
 
 
 def test_a_batch_with_nothing_usable_takes_a_zero_step_connected_to_the_trainable_parameters(tiny_llm_dir):
@@ -181,3 +193,24 @@ def test_decoding_continues_exactly_the_prompt_that_training_used(tiny_llm_dir):
     prompt = decoded.embeds.shape[1]
     assert torch.equal(trained.embeds[0, :prompt], decoded.embeds[0])
     assert trained.labels[0, :prompt].eq(-100).all() and trained.labels[0, prompt:].tolist() == target
+
+
+def test_under_full_training_every_trainable_parameter_gets_a_gradient(tiny_llm_dir, tiny_hubert_dir):
+    """DDP (find_unused_parameters off) stops at a trainable parameter the loss never reaches: layers above
+    the one read, or HuBERT's SpecAugment embedding in an encoder that runs in eval mode."""
+    from research.acllm.trainable import set_trainable
+
+    voxlab = tiny_speech_llm(tiny_llm_dir)  # reads layer 1 of 2: the layer above is dropped
+    assert voxlab.encoder.encoder.num_layers == 1
+    hubert = HuggingFaceSpeechEncoder(model_dir=str(tiny_hubert_dir))
+    hf = SpeechLLM(
+        encoder=hubert,
+        converter=Converter(input_dim=hubert.dim, output_dim=32, splice=2),
+        llm_dir=str(tiny_llm_dir),
+    )
+    audio, lens = audio_batch()
+    for model in (voxlab, hf):
+        set_trainable(model, "full")
+        model.train()(audio, lens, ["one", "two"]).backward()
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert not missing

@@ -85,7 +85,7 @@ def test_loss_is_the_mean_cross_entropy_of_transcript_tokens_by_hand(tiny_llm_di
 @pytest.mark.parametrize("beams", [1, 3])
 def test_nbest_scores_are_teacher_forced_log_probabilities_and_batching_changes_nothing(tiny_llm_dir, beams):
     """Decoding from given speech embeddings: an item's N-best is the same alone and left-padded in a batch
-    (the encoder's own edge frames aside, which reflect-pad alone and see zeros in a batch)."""
+    (that the encoder's frames are too is tests/test_ctc.py's)."""
     model = tiny_speech_llm(tiny_llm_dir)
     torch.manual_seed(3)
     speech, speech_lens = torch.randn(2, 7, 32) * 3, torch.tensor([7, 4])

@@ -46,6 +46,8 @@ class SpeechEncoder(nn.Module):
         self.encoder = encoder
         self.layer = None if layer is None else check_layer(layer, encoder.num_layers)
         self.dim = encoder.d_model
+        if isinstance(self.layer, int):  # layers above the one read would get no gradient (DDP refuses that)
+            del encoder.conformer.conformer_layers[self.layer :]
 
     def forward(self, audio: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.encoder(audio, lens, output_layers=self.layer is not None)
@@ -68,6 +70,10 @@ class HuggingFaceSpeechEncoder(nn.Module):
             model_dir=model_dir, layer=last if layer is None else layer, sample_rate=sample_rate
         )
         self.dim = self.model.dim
+        # only SpecAugment in training mode reads it, and this encoder always runs in eval mode: as a trainable
+        # parameter without a gradient it would stop DDP
+        if getattr(self.model.model, "masked_spec_embed", None) is not None:
+            self.model.model.masked_spec_embed = None
 
     def forward(self, audio: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.encode_with_grad(audio, lens)
@@ -103,7 +109,9 @@ class SpeechLLM(nn.Module):
         self.llm_digest = file_digest(llm_dir)
         self.max_audio_seconds = max_audio_seconds
         self.suppressed_ids: list[int] = []  # tokens decoding never emits (the unit variant's units)
-        self.llm = AutoModelForCausalLM.from_pretrained(llm_dir).train()  # from_pretrained gives eval mode
+        # fp32 weights whatever the directory stores (Qwen2.5 saves bf16): the trainer's precision decides the
+        # compute, and AdamW never updates bf16 weights without a master copy. from_pretrained gives eval mode.
+        self.llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.float32).train()
         self.tokenizer = AutoTokenizer.from_pretrained(llm_dir)
         if self.tokenizer.eos_token_id is None:
             raise ValueError(f"the tokenizer in {llm_dir} has no EOS token: transcripts could not end")
@@ -170,26 +178,24 @@ class SpeechLLM(nn.Module):
     def context_length(self) -> int | None:
         return getattr(self.llm.config, "max_position_embeddings", None)
 
-    def unusable(
-        self,
-        texts: list[str],
-        targets: list[list[int]],
-        speech_lens: torch.Tensor,
-        audio_seconds: list[float],
-    ) -> dict[int, str]:
-        """{item: why} for the items a step must skip: an empty transcript, audio longer than
-        `max_audio_seconds`, or prompt + speech + transcript longer than the LLM's context."""
-        prompt = len(self.before_ids) + len(self.after_ids)
+    def unusable_input(self, texts: list[str], audio_seconds: list[float]) -> dict[int, str]:
+        """{item: why} for items to leave out before encoding: an empty transcript, or audio longer than
+        `max_audio_seconds` (never encoded, so it cannot exhaust memory)."""
         reasons = {}
-        for index, (text, target, frames, seconds) in enumerate(
-            zip(texts, targets, speech_lens.tolist(), audio_seconds, strict=True)
-        ):
-            length = prompt + frames + len(target)
+        for index, (text, seconds) in enumerate(zip(texts, audio_seconds, strict=True)):
             if not text.strip():
                 reasons[index] = "empty transcript"
             elif self.max_audio_seconds and seconds > self.max_audio_seconds:
                 reasons[index] = f"{seconds:.1f} s of audio, over max_audio_seconds={self.max_audio_seconds}"
-            elif self.context_length and length > self.context_length:
+        return reasons
+
+    def over_context(self, targets: list[list[int]], speech_lens: torch.Tensor) -> dict[int, str]:
+        """{item: why} for items whose prompt + speech + transcript exceed the LLM's context."""
+        prompt = len(self.before_ids) + len(self.after_ids)
+        reasons = {}
+        for index, (target, frames) in enumerate(zip(targets, speech_lens.tolist(), strict=True)):
+            length = prompt + frames + len(target)
+            if self.context_length and length > self.context_length:
                 reasons[index] = (
                     f"{length} positions (prompt {prompt}, speech {frames}, transcript {len(target)}) exceed "
                     f"the LLM's context of {self.context_length}"

@@ -2,6 +2,7 @@
 unseen voices), every arm at equal steps, over several seeds:
 
     python -m experiments.benchmarks.acllm.evidence [--seeds 1 2 3] [--steps 300] [--ctc-steps 400] [--lm-steps 1000]
+    python -m experiments.benchmarks.acllm.evidence --report     # the table of the stages finished so far
 
 Stages (resumable: `experiments.core.stages`; an interrupted run picks up at the stage it stopped in):
 1. the CTC character recogniser on the sentences (`asr/ctc_sentences`): the speech encoder of every arm, and the
@@ -120,6 +121,21 @@ def table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def finished(out: Path, seeds: list[int], arms: list[str]) -> dict[str, list[dict]]:
+    """The results of the stages already done, from their records (`--report`: no training)."""
+    import json
+
+    def record(name: str) -> dict | None:
+        path = out / "stages" / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    results = {"ctc_head": [r for r in [record("ctc")] if r]}
+    for arm in arms:
+        records = [r for r in (record(f"{arm}_seed{seed}") for seed in seeds) if r]
+        results[arm] = [{**r, "params": trainable_parameters(r["run_id"])} for r in records]
+    return {arm: records for arm, records in results.items() if records}
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
@@ -130,7 +146,12 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--upstream-seed", type=int, default=12345)
     parser.add_argument("--common", nargs="*", default=[], help="Hydra overrides for every training stage")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "acllm_evidence")
+    parser.add_argument("--report", action="store_true", help="only tabulate the stages already finished")
     args = parser.parse_args(argv)
+    if args.report:
+        report = table(finished(args.out, args.seeds, args.arms))
+        print(report)
+        return report
     start = time.perf_counter()
     with Pipeline("acllm_evidence", args.out) as pipeline:
         parts = upstream(pipeline, args)
