@@ -139,7 +139,9 @@ def test_sft_can_reset_the_top_encoder_layers():
 
 def test_encoder_output_from_audio_is_the_same_alone_or_batched():
     torch.manual_seed(0)
-    encoder = ConformerEncoder(d_model=16, num_layers=2, num_heads=2, ffn_dim=32, subsampling_channels=4).eval()
+    encoder = ConformerEncoder(
+        d_model=16, num_layers=2, num_heads=2, ffn_dim=32, subsampling_channels=4
+    ).eval()
     audio = torch.randn(2, 1, 16000) * 0.1
     audio[1, :, 9001:] = 0  # the short item's padding
     lens = torch.tensor([16000, 9001])
