@@ -9,9 +9,12 @@ import torch
 from hydra.utils import instantiate
 
 from datamodules.audio_datamodule import AudioDataModule
+from datamodules.text_datamodule import TextDataModule
 from experiments.core.checkpoints import load_checkpoint
 from experiments.core.cli import experiment_names
 from experiments.core.compose import compose_config
+from lit_modules.text_lm import TextLMModule
+from research.acllm.text_lm import train_tokenizer
 from research.encoder import ConformerEncoder
 
 CPU_TRAINER = [
@@ -55,6 +58,7 @@ def test_the_list_of_experiments_is_the_documented_one():
         "ssl/luise_iter1",
         "ssl/luise_iter2",
         "ssl/luise_sft",
+        "text_lm/sentences",
         "tokenizer/baichuan",
         "tokenizer/cpu",
         "tokenizer/no_distill",
@@ -76,9 +80,11 @@ def test_every_experiment_builds_model_data_and_trainer(
     assert cfg.experiment_name == name and cfg.component == name.split("/")[0]
     model = instantiate(cfg.model)
     assert isinstance(model, L.LightningModule)
+    if isinstance(model, TextLMModule):  # sized by the tokenizer its datamodule trains: built at setup
+        model.build(train_tokenizer(["a few words of text"], vocab_size=300))
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
     datamodule = instantiate(cfg.data)
-    assert isinstance(datamodule, AudioDataModule)
+    assert isinstance(datamodule, AudioDataModule | TextDataModule)
     trainer = instantiate(compose_config([*overrides, *CPU_TRAINER]).trainer, logger=False)
     assert trainer.max_steps > 0
     if name == "ssl/luise_sft":  # the fine-tuned encoder is the upstream one, with its weights
