@@ -32,13 +32,18 @@ def upstream_overrides(name: str, ctc_ckpt, hubert_dir, llm_dir) -> list[str]:
         "model.teacher.layer=1",
         "model.codec.semantic_dim=32",
     ]
+    acllm = [
+        f"model.model.encoder.encoder.ckpt_path={ctc_ckpt}",
+        f"model.model.llm_dir={llm_dir}",
+        "model.model.converter.input_dim=32",
+        "model.model.converter.output_dim=32",
+    ]
+    sentences = ["converter_only", "full", "lora", "seed_asr", "two_step"]
     return {
-        "acllm/digits_lora": [
-            f"model.model.encoder.encoder.ckpt_path={ctc_ckpt}",
-            f"model.model.llm_dir={llm_dir}",
-            "model.model.converter.input_dim=32",
-            "model.model.converter.output_dim=32",
-        ],
+        "acllm/digits_lora": acllm,
+        **{f"acllm/sentences_{recipe}": acllm for recipe in sentences},
+        "acllm/paper": acllm,  # the GPU config, built here on the CPU with the tiny LM the tests save
+        "acllm/units_lora": [f"model.model.llm_dir={llm_dir}"],
         "tokenizer/cpu": encoder_teacher,
         "tokenizer/baichuan": encoder_teacher,
         "tokenizer/split_rvq": encoder_teacher,
@@ -54,7 +59,15 @@ def upstream_overrides(name: str, ctc_ckpt, hubert_dir, llm_dir) -> list[str]:
 def test_the_list_of_experiments_is_the_documented_one():
     assert experiment_names() == [
         "acllm/digits_lora",
+        "acllm/paper",
+        "acllm/sentences_converter_only",
+        "acllm/sentences_full",
+        "acllm/sentences_lora",
+        "acllm/sentences_seed_asr",
+        "acllm/sentences_two_step",
+        "acllm/units_lora",
         "asr/ctc_digits",
+        "asr/ctc_sentences",
         "ssl/luise_iter1",
         "ssl/luise_iter2",
         "ssl/luise_sft",
@@ -92,3 +105,48 @@ def test_every_experiment_builds_model_data_and_trainer(
         encoder = model.net.encoder
         assert isinstance(encoder, ConformerEncoder) and encoder.training
         assert torch.equal(encoder.subsampling.proj.weight, upstream["net.encoder.subsampling.proj.weight"])
+
+
+@pytest.mark.parametrize(
+    "recipe, trains",
+    [
+        ("converter_only", {"converter"}),
+        ("seed_asr", {"encoder", "converter"}),
+        ("lora", {"converter", "llm"}),
+        ("full", {"encoder", "converter", "llm"}),
+    ],
+)
+def test_the_sentence_recipes_differ_only_in_what_trains(
+    recipe, trains, tiny_ctc_checkpoint, tiny_hubert_dir, tiny_llm_dir, tmp_path
+):
+    name = f"acllm/sentences_{recipe}"
+    overrides = upstream_overrides(name, tiny_ctc_checkpoint, tiny_hubert_dir, tiny_llm_dir)
+    cfg = compose_config([f"experiment={name}", f"paths.output_dir={tmp_path}", *overrides])
+    base = compose_config(["experiment=acllm/sentences_lora", f"paths.output_dir={tmp_path}", *overrides])
+    assert (
+        cfg.trainer == base.trainer and cfg.data == base.data and cfg.model.optimizer == base.model.optimizer
+    )
+    model = instantiate(cfg.model)
+    assert {part for part, count in model.parameter_counts.items() if count["trainable"]} == trains
+
+
+def test_the_paper_config_takes_a_transformers_encoder_directory(tiny_hubert_dir, tiny_llm_dir, tmp_path):
+    from research.acllm.speech_llm import HuggingFaceSpeechEncoder
+
+    cfg = compose_config(
+        [
+            "experiment=acllm/paper",
+            f"paths.output_dir={tmp_path}",
+            "model/speech_encoder@model.model.encoder=huggingface",
+            f"model.model.encoder.model_dir={tiny_hubert_dir}",
+            f"model.model.llm_dir={tiny_llm_dir}",
+            "model.model.converter.input_dim=32",
+            "model.model.converter.output_dim=32",
+        ]
+    )
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.precision == "bf16-mixed"
+    model = instantiate(cfg.model)
+    assert isinstance(model.model.encoder, HuggingFaceSpeechEncoder) and model.hparams.beams == 4
+    assert (
+        0 < model.parameter_counts["llm"]["trainable"] < 0.1 * model.parameter_counts["llm"]["total"]
+    )  # LoRA
