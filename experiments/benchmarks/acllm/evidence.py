@@ -89,15 +89,34 @@ def train_arm(pipeline: Pipeline, arm: str, seed: int, parts: dict[str, Path], a
         f"model.scheduler.warmup_steps={max(1, args.steps // 10)}",
         *args.common,
     ]
-    return pipeline.train_stage(f"{arm}_seed{seed}", overrides, reads=["ctc", llm])
+    return pipeline.train_stage(f"{arm}_seed{seed}{args.suffix}", overrides, reads=["ctc", llm])
 
 
 def trainable_parameters(run_id: str) -> tuple[float, float]:
-    """(trainable, total) parameters of a run, summed over its parts (logged when training starts)."""
+    """(trainable, total) parameters of the run's LLM (logged when training starts)."""
     metrics = tracking.client().get_run(run_id).data.metrics
-    trainable = sum(v for k, v in metrics.items() if k.startswith("params/") and k.endswith("/trainable"))
-    total = sum(v for k, v in metrics.items() if k.startswith("params/") and k.endswith("/total"))
-    return trainable, total
+    return metrics.get("params/llm/trainable", 0.0), metrics.get("params/llm/total", 0.0)
+
+
+def audio_dependence(ckpt: str, manifest: Path, count: int = 96, batch_size: int = 16) -> dict[str, float]:
+    """Mean teacher-forced loss on `count` test utterances with their audio, with zeroed audio and with the audio
+    of another utterance: equal losses mean the model writes its LM's prior, whatever was said."""
+    import torch
+
+    from datamodules.manifest import read_manifest
+    from experiments.core.checkpoints import load_module
+    from experiments.core.dumps import load_batch
+
+    module, rows = load_module(ckpt), read_manifest(manifest)
+    losses = {"real": [], "zeroed": [], "shuffled": []}
+    with torch.no_grad():
+        for start in range(0, min(count, len(rows)), batch_size):
+            indices, audio, lens = load_batch(rows, list(range(start, start + batch_size)), 16000, [])
+            texts = [rows.rows[i]["text"] for i in indices]
+            losses["real"].append(float(module.model(audio, lens, texts)))
+            losses["zeroed"].append(float(module.model(torch.zeros_like(audio), lens, texts)))
+            losses["shuffled"].append(float(module.model(audio.roll(1, 0), lens.roll(1, 0), texts)))
+    return {name: statistics.mean(values) for name, values in losses.items()}
 
 
 def cell(values: list[float]) -> str:
@@ -110,18 +129,18 @@ def cell(values: list[float]) -> str:
 
 def table(results: dict[str, list[dict]]) -> str:
     lines = [
-        "| arm | seeds | WER test (seen voices) | WER test_heldout (unseen voices) | trainable params |",
+        "| arm | seeds | WER test (seen voices) | WER test_heldout (unseen voices) | LLM params trained |",
         "|---|---|---|---|---|",
     ]
     for arm, records in results.items():
         wers = [[r["metrics"][name] for r in records if name in r["metrics"]] for name in TEST_SETS]
         params = records[0].get("params")
-        share = f"{params[0] / 1e6:.2f} M of {params[1] / 1e6:.2f} M" if params else "–"
+        share = f"{params[0] / 1e6:.2f} M of {params[1] / 1e6:.2f} M" if params and params[1] else "–"
         lines.append(f"| {LABELS[arm]} | {len(records)} | {cell(wers[0])} | {cell(wers[1])} | {share} |")
     return "\n".join(lines)
 
 
-def finished(out: Path, seeds: list[int], arms: list[str]) -> dict[str, list[dict]]:
+def finished(out: Path, seeds: list[int], arms: list[str], suffix: str = "") -> dict[str, list[dict]]:
     """The results of the stages already done, from their records (`--report`: no training)."""
     import json
 
@@ -131,7 +150,7 @@ def finished(out: Path, seeds: list[int], arms: list[str]) -> dict[str, list[dic
 
     results = {"ctc_head": [r for r in [record("ctc")] if r]}
     for arm in arms:
-        records = [r for r in (record(f"{arm}_seed{seed}") for seed in seeds) if r]
+        records = [r for r in (record(f"{arm}_seed{seed}{suffix}") for seed in seeds) if r]
         results[arm] = [{**r, "params": trainable_parameters(r["run_id"])} for r in records]
     return {arm: records for arm, records in results.items() if records}
 
@@ -146,10 +165,28 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--upstream-seed", type=int, default=12345)
     parser.add_argument("--common", nargs="*", default=[], help="Hydra overrides for every training stage")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "acllm_evidence")
+    parser.add_argument("--suffix", default="", help="appended to the arms' stage names (e.g. a longer run)")
     parser.add_argument("--report", action="store_true", help="only tabulate the stages already finished")
+    parser.add_argument(
+        "--audio-check",
+        action="store_true",
+        help="with --report: test loss with real, zeroed, shuffled audio",
+    )
     args = parser.parse_args(argv)
     if args.report:
-        report = table(finished(args.out, args.seeds, args.arms))
+        results = finished(args.out, args.seeds, args.arms, args.suffix)
+        report = table(results)
+        if args.audio_check:
+            test = ROOT / "data" / "spoken_sentences" / "test.jsonl"
+            lines = ["", "| arm, first seed | loss, real audio | zeroed audio | another utterance's audio |"]
+            lines.append("|---|---|---|---|")
+            for arm, records in results.items():
+                if arm != "ctc_head":
+                    losses = audio_dependence(records[0]["ckpt"], test)
+                    lines.append(
+                        f"| {LABELS[arm]} | " + " | ".join(f"{v:.3f}" for v in losses.values()) + " |"
+                    )
+            report += "\n".join(lines)
         print(report)
         return report
     start = time.perf_counter()
