@@ -38,7 +38,7 @@ LABELS = {
     "full": "full fine-tuning (encoder, converter, LM)",
     "lora_random_lm": "LoRA on the same LM, random weights",
 }
-TEST_SETS = ("test/wer", "test_heldout/wer")
+TEST_SETS = ("test/wer", "test_heldout/wer", "test/cer", "test_heldout/cer")
 
 
 def save_random_lm(pretrained_dir: Path, out: Path, seed: int) -> dict:
@@ -129,14 +129,15 @@ def cell(values: list[float]) -> str:
 
 def table(results: dict[str, list[dict]]) -> str:
     lines = [
-        "| arm | seeds | WER test (seen voices) | WER test_heldout (unseen voices) | LLM params trained |",
-        "|---|---|---|---|---|",
+        "| arm | seeds | WER test (seen voices) | WER test_heldout (unseen voices) | CER test | CER test_heldout "
+        "| LLM params trained |",
+        "|---|---|---|---|---|---|---|",
     ]
     for arm, records in results.items():
-        wers = [[r["metrics"][name] for r in records if name in r["metrics"]] for name in TEST_SETS]
+        scores = [cell([r["metrics"][name] for r in records if name in r["metrics"]]) for name in TEST_SETS]
         params = records[0].get("params")
-        share = f"{params[0] / 1e6:.2f} M of {params[1] / 1e6:.2f} M" if params and params[1] else "–"
-        lines.append(f"| {LABELS[arm]} | {len(records)} | {cell(wers[0])} | {cell(wers[1])} | {share} |")
+        share = f"{params[0] / 1e6:.3f} M of {params[1] / 1e6:.2f} M" if params and params[1] else "–"
+        lines.append(f"| {LABELS[arm]} | {len(records)} | {' | '.join(scores)} | {share} |")
     return "\n".join(lines)
 
 
