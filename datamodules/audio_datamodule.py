@@ -15,9 +15,9 @@ import math
 import random
 from collections.abc import Callable
 
-import lightning as L
 import torch
 
+from datamodules.base import PreparedDataModule
 from datamodules.collate import collate_audio
 from datamodules.datasets import ManifestAudioDataset
 from datamodules.manifest import Manifest, read_manifest
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 VIEW_REQUIRED_FIELDS = {"crops": (), "utterances": ("text",), "captions": ("caption",)}
 
 
-class AudioDataModule(L.LightningDataModule):
+class AudioDataModule(PreparedDataModule):
     def __init__(
         self,
         *,
@@ -79,15 +79,6 @@ class AudioDataModule(L.LightningDataModule):
         self.train_fraction = train_fraction
         self.preparers = dict(preparers or {})
         self.datasets: dict[str, ManifestAudioDataset] = {}
-
-    @property
-    def test_set_names(self) -> list[str]:
-        return list(self.test_manifests)
-
-    def prepare_data(self) -> None:
-        for prepare in self.preparers.values():
-            if prepare is not None:
-                prepare()
 
     def read_manifests(self, paths: str | list[str]) -> Manifest:
         """One manifest, or several concatenated (their relative paths made absolute)."""

@@ -20,11 +20,11 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerFast
 
+from datamodules.base import PreparedDataModule
 from datamodules.collate import pad_stack
 from datamodules.manifest import read_manifest
 from datamodules.sampling import DurationBucketBatchSampler, ResumableDataLoader
@@ -117,7 +117,7 @@ def collate_sentences(rows: list[torch.Tensor], *, pad_id: int) -> dict[str, tor
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-class TextDataModule(L.LightningDataModule):
+class TextDataModule(PreparedDataModule):
     def __init__(
         self,
         *,
@@ -157,15 +157,6 @@ class TextDataModule(L.LightningDataModule):
         self.preparers = dict(preparers or {})
         self.tokenizer: PreTrainedTokenizerFast | None = None
         self.datasets: dict[str, TokenizedSentences] = {}
-
-    @property
-    def test_set_names(self) -> list[str]:
-        return list(self.test_manifests)
-
-    def prepare_data(self) -> None:
-        for prepare in self.preparers.values():
-            if prepare is not None:
-                prepare()
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is None:
