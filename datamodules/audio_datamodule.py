@@ -6,6 +6,7 @@
 
 The train manifest may be a list of manifests (e.g. LibriSpeech excerpts plus connected digits), read as one;
 `preparers` maps names to preparation callables (run in order in `prepare_data`), so a data config can add one.
+`context` (a `datamodules.context.ContextBuilder`) gives each item a text `context` and `keywords` (context SFT).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from datamodules.base import PreparedDataModule
 from datamodules.collate import collate_audio
+from datamodules.context import ContextBuilder
 from datamodules.datasets import ManifestAudioDataset
 from datamodules.manifest import Manifest, read_manifest
 from datamodules.sampling import DurationBucketBatchSampler, ResumableDataLoader
@@ -51,6 +53,7 @@ class AudioDataModule(PreparedDataModule):
         array_fields: tuple[str, ...] = (),
         train_fraction: float = 1.0,
         preparers: dict[str, Callable[[], object]] | None = None,
+        context: ContextBuilder | None = None,
     ):
         super().__init__()
         if view not in VIEW_REQUIRED_FIELDS:
@@ -78,6 +81,7 @@ class AudioDataModule(PreparedDataModule):
             raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
         self.train_fraction = train_fraction
         self.preparers = dict(preparers or {})
+        self.context = context
         self.datasets: dict[str, ManifestAudioDataset] = {}
 
     def read_manifests(self, paths: str | list[str]) -> Manifest:
@@ -136,6 +140,7 @@ class AudioDataModule(PreparedDataModule):
             seed=self.seed,
             extra_fields=self.extra_fields,
             array_fields=self.array_fields,
+            context=self.context,
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -157,6 +162,7 @@ class AudioDataModule(PreparedDataModule):
         return ResumableDataLoader(
             dataset,
             batch_sampler=sampler,
+            advance_epochs=shuffle,  # training loaders only
             collate_fn=collate_audio,
             num_workers=self.num_workers,
             # Its own generator: creating an iterator must not draw from the global RNG (resumed runs would diverge).

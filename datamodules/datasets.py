@@ -4,8 +4,10 @@ Frame-aligned arrays (teacher features, k-means labels) named in manifest column
 per row with its frame rate in `<field>_rate`) are cropped together with the audio.
 
 Bad audio or arrays never raise mid-epoch unless strict: the item comes back as None, is warned about once per
-file and counted by the collate function. Randomness (crop offsets) is derived from (seed, epoch, index), so it does not
-depend on worker count or on resuming.
+file and counted by the collate function. Randomness (crop offsets, text contexts) is derived from (seed, epoch,
+index), so it does not depend on worker count or on resuming.
+
+With a `ContextBuilder` each item also gets a text `context` for an LLM prompt and its `keywords`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.context import ContextBuilder
 from datamodules.manifest import Manifest
 from research.audio import BadAudioError, load_audio
 
@@ -38,6 +41,7 @@ class ManifestAudioDataset(Dataset):
         seed: int = 0,
         extra_fields: tuple[str, ...] = (),
         array_fields: tuple[str, ...] = (),
+        context: ContextBuilder | None = None,
     ):
         self.manifest = manifest
         self.sample_rate = sample_rate
@@ -48,6 +52,9 @@ class ManifestAudioDataset(Dataset):
         self.epoch = 0
         self.fields = PASS_THROUGH + tuple(extra_fields)
         self.array_fields = tuple(array_fields)
+        self.context = context
+        if context is not None:
+            context.bind(manifest.rows)
         self._warned: set[str] = set()
 
     def __len__(self) -> int:
@@ -62,6 +69,11 @@ class ManifestAudioDataset(Dataset):
             return None
         rng = np.random.default_rng([self.seed, self.epoch, index])
         return int(rng.integers(0, samples - self.crop_samples + 1))
+
+    def context_of(self, index: int) -> tuple[str, list[str]]:
+        """This epoch's (context, keywords) of item `index`: fixed while the epoch stays 0 (evaluation)."""
+        rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+        return self.context(self.manifest.rows, index, rng)
 
     def load_array(self, index: int, field: str, start: int | None) -> torch.Tensor:
         """The rows of a frame-aligned array that cover the audio crop starting at sample `start`."""
@@ -98,4 +110,6 @@ class ManifestAudioDataset(Dataset):
             return None
         item = {name: row.get(name) for name in self.fields}
         item["audio"] = wave if start is None else wave[:, start : start + self.crop_samples]
+        if self.context is not None:
+            item["context"], item["keywords"] = self.context_of(index)
         return {**item, **arrays}

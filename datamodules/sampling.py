@@ -101,17 +101,25 @@ class ResumableDataLoader(DataLoader):
     """DataLoader whose state (epoch, batches handed out) goes into Lightning checkpoints.
 
     Lightning collects `state_dict()` from loaders that have one and calls `load_state_dict()` on resume;
-    the bucket sampler then skips the batches the interrupted run already trained on.
+    the bucket sampler then skips the batches the interrupted run already trained on. A training loader
+    (`advance_epochs`) moves to the next epoch after each full pass: Lightning's own `set_epoch` call reaches only
+    a loader's `sampler`, never a batch sampler, so without this every epoch would repeat the first one's order,
+    crops and contexts. Evaluation loaders stay at epoch 0 (the same crops and contexts at every validation).
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, advance_epochs: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self._yielded = 0
+        self.advance_epochs = advance_epochs
 
     def __iter__(self):
-        self._yielded = 0
+        sampler = self.batch_sampler
+        # the previous pass was complete (Lightning stops at the length, so no code after the last yield runs)
+        if self.advance_epochs and self._yielded and self._yielded >= len(sampler):
+            sampler.set_epoch(sampler.epoch + 1)
+        self._yielded = sampler.skip_batches  # a resumed epoch counts the batches trained before the stop
         if hasattr(self.dataset, "set_epoch"):  # crop offsets follow the epoch; workers get a fresh copy
-            self.dataset.set_epoch(self.batch_sampler.epoch)
+            self.dataset.set_epoch(sampler.epoch)
         for batch in super().__iter__():
             self._yielded += 1
             yield batch
@@ -122,5 +130,7 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         sampler = self.batch_sampler
-        sampler.set_epoch(state["epoch"])
-        sampler.skip_batches = state["batches_done"] if state["batches_done"] < len(sampler) else 0
+        finished = state["batches_done"] >= len(sampler)  # saved after the epoch's last batch
+        sampler.set_epoch(state["epoch"] + (finished and self.advance_epochs))
+        sampler.skip_batches = 0 if finished else state["batches_done"]
+        self._yielded = 0

@@ -191,6 +191,7 @@ class TextDataModule(PreparedDataModule):
         return ResumableDataLoader(
             dataset,
             batch_sampler=sampler,
+            advance_epochs=shuffle,  # training loaders only
             collate_fn=partial(collate_sentences, pad_id=self.tokenizer.pad_token_id),
             num_workers=self.num_workers,
             generator=torch.Generator().manual_seed(self.seed),  # never draws from the global RNG

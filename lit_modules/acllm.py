@@ -4,11 +4,15 @@ same prompt template (WER/CER, on every test set too). Trainable and total param
 training starts. Items that cannot train (empty transcript, too long for the LLM's context or the encoder) are
 named in a warning and counted (`train/skipped`, `val/skipped`), never fatal. A LoRA run ends by exporting its
 adapter (peft directory) and the merged LLM beside its checkpoints and to MLflow (`acllm/adapter`,
-`acllm/merged`)."""
+`acllm/merged`). Batches with a `context` column (context SFT, `data.context`) put each item's context in the
+prompt; validation then also logs keyword recall, decoding with Seed-ASR's joint search when `context_weight` is
+set. `init_checkpoint` starts every weight from an earlier AcLLM run (context SFT after SFT, MWER after that)."""
 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -24,9 +28,21 @@ from lit_modules.optim import optimizers_with_schedule
 from lit_modules.steps import all_skipped, empty_batch_loss, select_items
 from research.acllm.speech_llm import SpeechLLM
 from research.acllm.trainable import apply_lora, load_adapter, save_adapter, set_trainable
+from research.metrics import KeywordRecall
 from research.text import CharVocabulary
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class UsableItems:
+    """The items of a batch that can train, their speech embeddings, transcript token ids and contexts."""
+
+    kept: list[int]
+    speech: torch.Tensor
+    speech_lens: torch.Tensor
+    targets: list[list[int]]
+    contexts: list[str] | None
 
 
 class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
@@ -41,10 +57,13 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
         adapter_dir: str | None = None,
         converter_first_steps: int = 0,
         beams: int = 1,
+        context_weight: float | None = None,
+        prune_top_k: int | None = 5,
+        init_checkpoint: dict | None = None,
         sample_rate: int = 16000,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "optimizer"])
+        self.save_hyperparameters(ignore=["model", "optimizer", "init_checkpoint"])
         self.model = model
         if (recipe == "lora") != (lora is not None) and isinstance(recipe, str):
             raise ValueError(
@@ -64,6 +83,9 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
         self.test_metrics = nn.ModuleList()
         self.normalize = CharVocabulary().normalize
         self.skipped_in_training = 0
+        if init_checkpoint is not None:  # the upstream run's weights; its frozen LLM parts come from llm_dir
+            self.on_load_checkpoint(init_checkpoint)
+            self.load_state_dict(init_checkpoint["state_dict"])
 
     def on_train_epoch_start(self) -> None:
         # a part with nothing to train runs as at inference (no dropout, no SpecAugment); Lightning leaves modes
@@ -114,42 +136,77 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
             log_artifact_folder(self.trainer, folder, "acllm")
         log.info("adapter and merged LLM written to %s", exported["adapter"].parent)
 
-    def usable_loss(self, batch: dict) -> tuple[torch.Tensor | None, list[int], tuple[torch.Tensor, ...]]:
-        """Teacher-forced loss over the items that can train, their indices and speech embeddings (B, L, d),
-        lengths; the others are named in a warning. Empty transcripts and over-long audio are left out before
-        encoding, items over the LLM's context after it."""
+    def usable_items(self, batch: dict) -> UsableItems | None:
+        """The items that can train (None when none can); the others are named in a warning. Empty
+        transcripts and over-long audio are left out before encoding, items over the LLM's context after it."""
         size = len(batch["text"])
         seconds = (batch["audio_lens"] / self.hparams.sample_rate).tolist()
         reasons = self.model.unusable_input(batch["text"], seconds)
         kept = [index for index in range(size) if index not in reasons]
-        speech = speech_lens = targets = None
+        items = None
         if kept:
             speech, speech_lens = self.model.embed_speech(select_items(batch, kept))
             targets = [self.model.transcript_ids(batch["text"][i]) for i in kept]
-            over = self.model.over_context(targets, speech_lens)
+            contexts = [batch["context"][i] for i in kept] if "context" in batch else None
+            over = self.model.over_context(targets, speech_lens, contexts)
             reasons.update({kept[i]: why for i, why in over.items()})
             fits = [i for i in range(len(kept)) if i not in over]
             rows = torch.tensor(fits, dtype=torch.long, device=speech.device)
-            speech, speech_lens, targets = speech[rows], speech_lens[rows], [targets[i] for i in fits]
-            kept = [kept[i] for i in fits]
+            if fits:
+                items = UsableItems(
+                    kept=[kept[i] for i in fits],
+                    speech=speech[rows],
+                    speech_lens=speech_lens[rows],
+                    targets=[targets[i] for i in fits],
+                    contexts=[contexts[i] for i in fits] if contexts else None,
+                )
         for index, reason in sorted(reasons.items()):
             log.warning("skipping %s: %s", batch.get("id", ["?"] * size)[index], reason)
-        if not kept:
-            return None, kept, (None, None)
-        return self.model.loss(speech, speech_lens, targets), kept, (speech, speech_lens)
+        return items
+
+    def count_skipped(self, batch: dict, items: UsableItems | None) -> None:
+        self.skipped_in_training += len(batch["text"]) - (len(items.kept) if items else 0)
+        self.log("train/skipped", float(self.skipped_in_training), batch_size=1)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, kept, _ = (None, [], None) if all_skipped(batch) else self.usable_loss(batch)
-        self.skipped_in_training += len(batch["text"]) - len(kept)
-        self.log("train/skipped", float(self.skipped_in_training), batch_size=1)
-        if loss is None:
+        items = None if all_skipped(batch) else self.usable_items(batch)
+        self.count_skipped(batch, items)
+        if items is None:
             return empty_batch_loss(self)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(kept))
+        loss = self.model.loss(items.speech, items.speech_lens, items.targets, items.contexts)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(items.kept))
         return loss
+
+    @contextmanager
+    def decoding_modes(self):
+        """Eval mode (no dropout, LoRA's included) for decoding inside a training step, then each part's mode
+        back."""
+        modes = {module: module.training for module in self.model.modules()}
+        self.model.eval()
+        try:
+            yield
+        finally:
+            for module, training in modes.items():
+                module.train(training)
+
+    def decode(self, items: UsableItems, audio_lens: torch.Tensor, *, beams: int, nbest: int, joint: bool):
+        """N-best hypotheses of the items' speech (already encoded), within the audio's length bound."""
+        return self.model.decode_hypotheses(
+            items.speech.detach(),
+            items.speech_lens,
+            beams=beams,
+            nbest=nbest,
+            max_new_tokens=self.model.max_new_tokens(audio_lens, self.hparams.sample_rate),
+            contexts=items.contexts,
+            context_weight=self.hparams.context_weight if joint and items.contexts else None,
+            prune_top_k=self.hparams.prune_top_k,
+        )
 
     @staticmethod
     def make_metrics() -> nn.ModuleDict:
-        return nn.ModuleDict({"wer": WordErrorRate(), "cer": CharErrorRate()})
+        return nn.ModuleDict(
+            {"wer": WordErrorRate(), "cer": CharErrorRate(), "keyword_recall": KeywordRecall()}
+        )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         if not all_skipped(batch):
@@ -157,24 +214,33 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
 
     def evaluate(self, batch: dict, metrics: nn.ModuleDict, prefix: str) -> None:
         """Teacher-forced loss, then decoding with the training prompt: WER / CER against the transcripts (of
-        the items that could be scored; the others are counted in `{prefix}/skipped`)."""
-        loss, kept, (speech, speech_lens) = self.usable_loss(batch)
+        the items that could be scored; the others are counted in `{prefix}/skipped`), and keyword recall when
+        the batch has keywords (context data)."""
+        items = self.usable_items(batch)
+        kept = items.kept if items else []
         skipped = float(len(batch["text"]) - len(kept))
         self.log(f"{prefix}/skipped", skipped, batch_size=1, reduce_fx="sum", add_dataloader_idx=False)
-        if loss is None:
+        if items is None:
             return
         size = len(kept)
+        loss = self.model.loss(items.speech, items.speech_lens, items.targets, items.contexts)
         self.log(f"{prefix}/loss", loss, batch_size=size, sync_dist=True, add_dataloader_idx=False)
-        audio_lens = batch["audio_lens"][torch.tensor(kept, device=speech.device)]
-        bound = self.model.max_new_tokens(audio_lens, self.hparams.sample_rate)
-        nbest = self.model.decode(
-            speech, speech_lens, beams=self.hparams.beams, nbest=1, max_new_tokens=bound
-        )  # the speech the loss encoded, not encoded again
-        hypotheses = [self.normalize(item[0][0]) for item in nbest]
+        audio_lens = batch["audio_lens"][torch.tensor(kept, device=batch["audio_lens"].device)]
+        nbest = self.decode(items, audio_lens, beams=self.hparams.beams, nbest=1, joint=True)
+        hypotheses = [self.normalize(item[0].text) for item in nbest]
         references = [self.normalize(batch["text"][i]) for i in kept]
-        for name, metric in metrics.items():
-            metric.update(hypotheses, references)
-            self.log(f"{prefix}/{name}", metric, batch_size=size, add_dataloader_idx=False)
+        for name in ("wer", "cer"):
+            metrics[name].update(hypotheses, references)
+            self.log(f"{prefix}/{name}", metrics[name], batch_size=size, add_dataloader_idx=False)
+        if "keywords" in batch:
+            keywords = [self.normalize(" ".join(batch["keywords"][i])).split() for i in kept]
+            metrics["keyword_recall"].update(hypotheses, references, keywords)
+            self.log(
+                f"{prefix}/keyword_recall",
+                metrics["keyword_recall"],
+                batch_size=size,
+                add_dataloader_idx=False,
+            )
 
     def configure_optimizers(self) -> dict:
         trainable = [p for p in self.parameters() if p.requires_grad]

@@ -112,3 +112,26 @@ class CodebookUsage(Metric):
             result[f"level{level}/perplexity"] = entropy.exp2().float()
             result[f"level{level}/dead_fraction"] = (counts == 0).double().mean().float()
         return result
+
+
+class KeywordRecall(Metric):
+    """Share of the reference's keyword occurrences that the hypothesis holds (Seed-ASR's context evaluation):
+    per keyword, min(count in hypothesis, count in reference) over its count in the reference."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("hits", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, hypotheses: list[str], references: list[str], keywords: list[list[str]]) -> None:
+        from research.rl.errors import keyword_counts
+
+        for hypothesis, reference, words in zip(hypotheses, references, keywords, strict=True):
+            hits, total = keyword_counts(hypothesis, reference, words)
+            self.hits += hits
+            self.total += total
+
+    def compute(self) -> torch.Tensor:
+        return (self.hits / self.total.clamp_min(1)).float()

@@ -324,3 +324,33 @@ def tiny_tokenizer_run(tiny_data_dir, tiny_ctc_checkpoint, tmp_path_factory) -> 
         "data_dir": tiny_data_dir,
         "metrics": metrics,
     }
+
+
+def tiny_acllm(tiny_data_dir, output_dir, ctc_ckpt, llm_dir, *extra: str) -> list[str]:
+    overrides = [
+        o for o in tiny_overrides(tiny_data_dir, output_dir) if not o.startswith(("model.", "experiment="))
+    ]
+    return [
+        "experiment=acllm/digits_lora",
+        *overrides,
+        f"model.model.encoder.encoder.ckpt_path={ctc_ckpt}",
+        f"model.model.llm_dir={llm_dir}",
+        "model.model.converter.input_dim=32",
+        "model.model.converter.output_dim=32",
+        "model.model.tokens_per_second=4",
+        "model.lora.rank=4",
+        "model.scheduler.warmup_steps=2",
+        "test=false",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_acllm_checkpoint(tiny_data_dir, tiny_ctc_checkpoint, tiny_llm_dir, tmp_path_factory) -> Path:
+    """A tiny AcLLM SFT run (LoRA rank 4, 6 steps): where context SFT and MWER start."""
+    from experiments.core.compose import compose_config
+    from experiments.core.runner import train
+
+    out = tmp_path_factory.mktemp("acllm_sft")
+    train(compose_config(tiny_acllm(tiny_data_dir, out, tiny_ctc_checkpoint, tiny_llm_dir, "logger=none")))
+    return out / "checkpoints" / "last.ckpt"

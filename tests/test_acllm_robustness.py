@@ -34,11 +34,11 @@ def test_an_empty_transcript_is_named_skipped_and_left_out_of_the_loss(tiny_llm_
     lit = module(tiny_llm_dir, recipe="full")
     data = batch(["one two", "", "nine"])
     with caplog.at_level("WARNING"):
-        loss, kept, _ = lit.usable_loss(data)
-    assert kept == [0, 2] and "skipping utt1: empty transcript" in caplog.text
+        items = lit.usable_items(data)
+    assert items.kept == [0, 2] and "skipping utt1: empty transcript" in caplog.text
     keep = torch.tensor([0, 2])
     expected = lit.model(data["audio"][keep], data["audio_lens"][keep], ["one two", "nine"])
-    assert torch.allclose(loss, expected)
+    assert torch.allclose(lit.model.loss(items.speech, items.speech_lens, items.targets), expected)
 
 
 def test_items_longer_than_the_context_or_the_audio_limit_are_skipped_with_the_reason(tiny_llm_dir):
@@ -61,8 +61,8 @@ def test_over_long_audio_is_never_encoded(tiny_llm_dir):
     lit.model.encoder.forward = lambda audio, lens: (
         encoded.append(lens.tolist()) or encoder_forward(audio, lens)
     )
-    _, kept, _ = lit.usable_loss(batch(["one", "two", "three"]))
-    assert kept == [1, 2] and encoded == [[9000, 12000]]  # the 1 s item never reached the encoder
+    items = lit.usable_items(batch(["one", "two", "three"]))
+    assert items.kept == [1, 2] and encoded == [[9000, 12000]]  # the 1 s item never reached the encoder
 
 
 def test_a_batch_with_nothing_usable_takes_a_zero_step_connected_to_the_trainable_parameters(tiny_llm_dir):

@@ -8,26 +8,7 @@ import torch
 from experiments.core import tracking
 from experiments.core.checkpoints import load_checkpoint
 from experiments.core.runner import train
-from tests.conftest import tiny_overrides
-
-
-def tiny_acllm(tiny_data_dir, output_dir, ctc_ckpt, llm_dir, *extra: str) -> list[str]:
-    overrides = [
-        o for o in tiny_overrides(tiny_data_dir, output_dir) if not o.startswith(("model.", "experiment="))
-    ]
-    return [
-        "experiment=acllm/digits_lora",
-        *overrides,
-        f"model.model.encoder.encoder.ckpt_path={ctc_ckpt}",
-        f"model.model.llm_dir={llm_dir}",
-        "model.model.converter.input_dim=32",
-        "model.model.converter.output_dim=32",
-        "model.model.tokens_per_second=4",
-        "model.lora.rank=4",
-        "model.scheduler.warmup_steps=2",
-        "test=false",
-        *extra,
-    ]
+from tests.conftest import tiny_acllm
 
 
 def test_lora_recipe_trains_logs_parameter_counts_and_validates(

@@ -25,8 +25,9 @@ CPU_TRAINER = [
 ]
 
 
-def upstream_overrides(name: str, ctc_ckpt, hubert_dir, llm_dir) -> list[str]:
-    """What each experiment needs from outside: a teacher, an encoder to fine-tune, an LLM directory."""
+def upstream_overrides(name: str, ctc_ckpt, hubert_dir, llm_dir, acllm_ckpt) -> list[str]:
+    """What each experiment needs from outside: a teacher, an encoder to fine-tune, an LLM directory, the AcLLM
+    run a later stage starts from."""
     encoder_teacher = [
         f"model.teacher.ckpt_path={ctc_ckpt}",
         "model.teacher.layer=1",
@@ -44,6 +45,16 @@ def upstream_overrides(name: str, ctc_ckpt, hubert_dir, llm_dir) -> list[str]:
         **{f"acllm/sentences_{recipe}": acllm for recipe in sentences},
         "acllm/paper": acllm,  # the GPU config, built here on the CPU with the tiny LM the tests save
         "acllm/units_lora": [f"model.model.llm_dir={llm_dir}"],
+        **{
+            name: [f"init.ckpt_path={acllm_ckpt}", "model.lora.rank=4"]
+            for name in (
+                "acllm/digits_context",
+                "acllm/sentences_context",
+                "rl/mwer_digits",
+                "rl/mwer_sentences",
+                "rl/mwer_sentences_weighted",
+            )
+        },
         "tokenizer/cpu": encoder_teacher,
         "tokenizer/baichuan": encoder_teacher,
         "tokenizer/split_rvq": encoder_teacher,
@@ -58,8 +69,10 @@ def upstream_overrides(name: str, ctc_ckpt, hubert_dir, llm_dir) -> list[str]:
 
 def test_the_list_of_experiments_is_the_documented_one():
     assert experiment_names() == [
+        "acllm/digits_context",
         "acllm/digits_lora",
         "acllm/paper",
+        "acllm/sentences_context",
         "acllm/sentences_converter_only",
         "acllm/sentences_full",
         "acllm/sentences_lora",
@@ -68,6 +81,9 @@ def test_the_list_of_experiments_is_the_documented_one():
         "acllm/units_lora",
         "asr/ctc_digits",
         "asr/ctc_sentences",
+        "rl/mwer_digits",
+        "rl/mwer_sentences",
+        "rl/mwer_sentences_weighted",
         "ssl/luise_iter1",
         "ssl/luise_iter2",
         "ssl/luise_sft",
@@ -82,12 +98,12 @@ def test_the_list_of_experiments_is_the_documented_one():
 
 @pytest.mark.parametrize("name", experiment_names())
 def test_every_experiment_builds_model_data_and_trainer(
-    name, tiny_ctc_checkpoint, tiny_hubert_dir, tiny_llm_dir, tmp_path
+    name, tiny_ctc_checkpoint, tiny_hubert_dir, tiny_llm_dir, tiny_acllm_checkpoint, tmp_path
 ):
     overrides = [
         f"experiment={name}",
         f"paths.output_dir={tmp_path}",
-        *upstream_overrides(name, tiny_ctc_checkpoint, tiny_hubert_dir, tiny_llm_dir),
+        *upstream_overrides(name, tiny_ctc_checkpoint, tiny_hubert_dir, tiny_llm_dir, tiny_acllm_checkpoint),
     ]
     cfg = compose_config(overrides)
     assert cfg.experiment_name == name and cfg.component == name.split("/")[0]
@@ -120,7 +136,7 @@ def test_the_sentence_recipes_differ_only_in_what_trains(
     recipe, trains, tiny_ctc_checkpoint, tiny_hubert_dir, tiny_llm_dir, tmp_path
 ):
     name = f"acllm/sentences_{recipe}"
-    overrides = upstream_overrides(name, tiny_ctc_checkpoint, tiny_hubert_dir, tiny_llm_dir)
+    overrides = upstream_overrides(name, tiny_ctc_checkpoint, tiny_hubert_dir, tiny_llm_dir, None)
     cfg = compose_config([f"experiment={name}", f"paths.output_dir={tmp_path}", *overrides])
     base = compose_config(["experiment=acllm/sentences_lora", f"paths.output_dir={tmp_path}", *overrides])
     assert (

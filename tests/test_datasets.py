@@ -169,3 +169,62 @@ def test_missing_array_is_bad_input(tmp_path):
     assert ManifestAudioDataset(manifest, sample_rate=16000, array_fields=("feats",))[0] is None
     with pytest.raises(BadAudioError, match="gone.npy"):
         ManifestAudioDataset(manifest, sample_rate=16000, array_fields=("feats",), strict=True)[0]
+
+
+def test_training_epochs_differ_under_lightning_and_validation_stays_fixed(tmp_path):
+    """Lightning's own set_epoch never reaches a batch sampler: the training loader advances itself after each
+    full pass, so order and crops change per epoch; the validation loader keeps epoch 0."""
+    import lightning as L
+    import torch
+
+    from datamodules.sampling import DurationBucketBatchSampler, ResumableDataLoader
+
+    class Epochs(torch.utils.data.Dataset):
+        def __init__(self):
+            self.epoch, self.seen = 0, []
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, index):
+            return torch.tensor([float(index), float(self.epoch)])
+
+    class Record(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+            self.batches = []
+
+        def training_step(self, batch, batch_idx):
+            self.batches.append(batch.tolist())
+            return self.weight * 0.0 + batch.sum() * 0.0 + self.weight.sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def loader(shuffle):
+        sampler = DurationBucketBatchSampler([1.0] * 8, shuffle=shuffle, seed=0, batch_size=4, num_buckets=1)
+        return ResumableDataLoader(Epochs(), batch_sampler=sampler, advance_epochs=shuffle)
+
+    module, train = Record(), loader(True)
+    L.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    ).fit(module, train)
+    epochs = [int(batch[0][1]) for batch in module.batches]
+    assert epochs == [0, 0, 1, 1, 2, 2]
+    orders = [sorted(int(i) for b in module.batches[e * 2 : e * 2 + 2] for i, _ in b) for e in range(3)]
+    assert all(order == list(range(8)) for order in orders)  # each epoch sees every item once
+    assert [[int(i) for i, _ in b] for b in module.batches[:2]] != [
+        [int(i) for i, _ in b] for b in module.batches[2:4]
+    ]
+    val = loader(False)
+    assert [b.tolist() for b in val] == [b.tolist() for b in val]  # validation: the same batches every pass
+    assert val.batch_sampler.epoch == 0

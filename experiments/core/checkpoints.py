@@ -27,6 +27,7 @@ from experiments.core.cli import UserError
 from research.tokenizer.teachers import EncoderTeacher
 
 LOADER = f"{__name__}.load_submodule"
+INITIAL_WEIGHTS = f"{__name__}.initial_weights"
 
 # What Lightning and ResumeState put in a checkpoint besides tensors and plain containers: numpy's RNG state
 # (an array, its dtype) and numpy scalars in callback states.
@@ -114,11 +115,15 @@ def submodule_config(path: Path, checkpoint: dict[str, Any], key: str) -> dict:
 
 def inline_loaded_parts(config: Any) -> Any:
     """A copy of `config` where every `load_submodule` node is replaced by the config that built that part,
-    with its `config_overrides` applied: what a checkpoint must carry to rebuild without its upstream file."""
+    with its `config_overrides` applied, and every `initial_weights` node by None (the checkpoint holds the
+    weights that training started from them): what a checkpoint must carry to rebuild without its upstream
+    file."""
     if isinstance(config, list):
         return [inline_loaded_parts(item) for item in config]
     if not isinstance(config, dict):
         return config
+    if config.get("_target_") == INITIAL_WEIGHTS:
+        return None
     if config.get("_target_") == LOADER:
         earlier = resolve_checkpoint(
             config.get("ckpt_path"), config.get("run_id"), config.get("which", "last")
@@ -136,20 +141,33 @@ def load_submodule(
     which: str = "last",
     config_overrides: dict | None = None,
     train: bool = False,
+    load_weights: bool = True,
 ) -> nn.Module:
     """Rebuild `model.<key>` (e.g. "codec", "net.encoder") from a checkpoint's config and load its weights;
     `config_overrides` change arguments that hold no weights (SpecAugment, dropout for fine-tuning). The module
     comes in eval mode for inference; `train=True` for a part that goes on training (fine-tuning, LUISE
-    iteration 2), whose dropout and SpecAugment act only in train mode, which Lightning does not set for it."""
+    iteration 2), whose dropout and SpecAugment act only in train mode, which Lightning does not set for it.
+    `load_weights=False` gives the architecture only: a LightningModule that wraps the part (peft LoRA) takes
+    the weights afterwards (`initial_weights`)."""
     path = resolve_checkpoint(ckpt_path, run_id, which)
     checkpoint = load_checkpoint(path)
     module = instantiate(
         {**submodule_config(path, checkpoint, key), **(config_overrides or {})}, _convert_="all"
     )
-    prefix = f"{key}."
-    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    module.load_state_dict(state)
+    if load_weights:
+        prefix = f"{key}."
+        state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        module.load_state_dict(state)
     return module.train(train)
+
+
+def initial_weights(*, ckpt_path: str | None = None, run_id: str | None = None, which: str = "last") -> dict:
+    """An earlier run's weights (`state_dict`) and what its module records beside them (the LLM it was trained
+    on), for a stage that starts from that run: context SFT after SFT, MWER after context SFT."""
+    checkpoint = load_checkpoint(resolve_checkpoint(ckpt_path, run_id, which))
+    return {
+        key: value for key, value in checkpoint.items() if key == "state_dict" or key.startswith("voxlab_")
+    }
 
 
 def encoder_teacher(

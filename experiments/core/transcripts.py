@@ -1,5 +1,6 @@
 """Transcribe a manifest with a trained audio-conditioned LLM: 1-best and N-best per row, WER/CER when the
-manifest has transcripts; batched by duration with a progress bar; unreadable rows are named and skipped."""
+manifest has transcripts, keyword recall with a context column; batched by duration with a progress bar;
+unreadable rows are named and skipped."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tqdm import tqdm
 
 from datamodules.manifest import read_manifest, write_manifest
 from experiments.core.dumps import load_batch
+from research.metrics import KeywordRecall
 from research.text import CharVocabulary
 
 
@@ -22,6 +24,7 @@ class TranscriptionResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (audio path, reason)
     wer: float | None = None
     cer: float | None = None
+    keyword_recall: float | None = None
 
 
 @torch.no_grad()
@@ -34,9 +37,13 @@ def transcribe_manifest(
     beams: int = 1,
     nbest: int = 1,
     batch_size: int = 8,
+    context_column: str | None = None,
+    context_weight: float | None = None,
+    prune_top_k: int | None = None,
 ) -> TranscriptionResult:
-    """Write `out`: the manifest's rows (audio paths absolute) with `hyp` (1-best) and `nbest` ([{text, score}])."""
-    manifest = read_manifest(manifest_path)
+    """Write `out`: the manifest's rows (audio paths absolute) with `hyp` (1-best) and `nbest` ([{text, score}]).
+    With `context_column`, each row's context goes into its prompt (`SpeechLLM.decode`)."""
+    manifest = read_manifest(manifest_path, required=(context_column,) if context_column else ())
     order = sorted(range(len(manifest)), key=lambda i: manifest.rows[i]["duration"])
     result, rows = TranscriptionResult(out=Path(out)), {}
     for start in tqdm(range(0, len(order), batch_size), desc="transcribing", unit="batch"):
@@ -45,7 +52,19 @@ def transcribe_manifest(
         )
         if not indices:
             continue
-        hypotheses = speech_llm.transcribe(audio, lens, sample_rate=sample_rate, beams=beams, nbest=nbest)
+        contexts = (
+            [context_text(manifest.rows[i][context_column]) for i in indices] if context_column else None
+        )
+        hypotheses = speech_llm.transcribe(
+            audio,
+            lens,
+            sample_rate=sample_rate,
+            beams=beams,
+            nbest=nbest,
+            contexts=contexts,
+            context_weight=context_weight,
+            prune_top_k=prune_top_k,
+        )
         for index, item in zip(indices, hypotheses, strict=True):
             rows[index] = {
                 **manifest.rows[index],
@@ -61,4 +80,22 @@ def transcribe_manifest(
         normalize = CharVocabulary().normalize
         hyps, refs = [normalize(r["hyp"]) for r in scored], [normalize(r["text"]) for r in scored]
         result.wer, result.cer = float(word_error_rate(hyps, refs)), float(char_error_rate(hyps, refs))
+        if context_column:
+            recall = KeywordRecall()
+            keywords = [row_keywords(row, context_column, normalize) for row in scored]
+            recall.update(hyps, refs, keywords)
+            result.keyword_recall = float(recall.compute())
     return result
+
+
+def context_text(value: str | list[str]) -> str:
+    """A context column's text (a list, such as a contact list, joined)."""
+    return ", ".join(value) if isinstance(value, list) else str(value or "")
+
+
+def row_keywords(row: dict, context_column: str, normalize) -> list[str]:
+    """The row's `keywords`, else the words of its context that its transcript holds."""
+    if "keywords" in row:
+        return normalize(" ".join(row["keywords"])).split()
+    said = set(normalize(row["text"]).split())
+    return [word for word in normalize(context_text(row[context_column])).split() if word in said]

@@ -7,12 +7,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessorList
 
 from research.acllm.converter import Converter
+from research.acllm.joint_decoding import JointContextScores
 from research.digest import file_digest
 from research.encoder import ConformerEncoder
 from research.tokenizer.teachers import HuggingFaceTeacher, check_layer, select_layer
@@ -25,13 +27,20 @@ class PromptTemplate:
     """SLAM-LLM's template by default. Training appends the transcript and EOS after it; decoding continues from
     it: one template object serves both, so they cannot drift apart (the refusals and loops users report)."""
 
-    text: str = "USER: <speech>{instruction}\n ASSISTANT:"
+    text: str = "USER: {context}<speech>{instruction}\n ASSISTANT:"
     instruction: str = "Transcribe speech to text."
     speech: str = "<speech>"
+    # Seed-ASR's context SFT: a context (hotwords, dialogue history) goes before the speech; without one the
+    # prompt is exactly the context-free template
+    context_format: str = "Context: {context}\n"
 
-    def around_speech(self) -> tuple[str, str]:
-        """(text before the speech embeddings, text after them)."""
-        filled = self.text.replace("{instruction}", self.instruction)
+    def around_speech(self, context: str = "") -> tuple[str, str]:
+        """(text before the speech embeddings, text after them), with `context` filled in when not empty."""
+        if context and "{context}" not in self.text:
+            raise ValueError(f"a context was given but the template has no {{context}}: {self.text!r}")
+        filled = self.text.replace("{instruction}", self.instruction).replace(
+            "{context}", self.context_format.replace("{context}", context) if context else ""
+        )
         if filled.count(self.speech) != 1:
             raise ValueError(f"the template must hold {self.speech!r} exactly once: {self.text!r}")
         before, after = filled.split(self.speech)
@@ -79,6 +88,12 @@ class HuggingFaceSpeechEncoder(nn.Module):
         return self.model.encode_with_grad(audio, lens)
 
 
+class Hypothesis(NamedTuple):
+    text: str
+    score: float  # sequence log-probability, EOS included when it was generated
+    ids: list[int]  # generated tokens before EOS
+
+
 @dataclass
 class LLMInputs:
     embeds: torch.Tensor  # (B, L, d_llm)
@@ -118,12 +133,22 @@ class SpeechLLM(nn.Module):
         self.template = template or PromptTemplate()
         self.tokens_per_second = tokens_per_second
         before, after = self.template.around_speech()
-        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
-        self.register_buffer("before_ids", torch.tensor(bos + self.token_ids(before)), persistent=False)
+        self.register_buffer("before_ids", torch.tensor(self.prompt_start(before)), persistent=False)
         self.register_buffer("after_ids", torch.tensor(self.token_ids(after)), persistent=False)
 
     def token_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def prompt_start(self, before: str) -> list[int]:
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        return bos + self.token_ids(before)
+
+    def before_speech(self, context: str | None) -> torch.Tensor:
+        """Token ids of the prompt before the speech, with the context when there is one."""
+        if not context:
+            return self.before_ids
+        ids = self.prompt_start(self.template.around_speech(context)[0])
+        return torch.tensor(ids, dtype=torch.long, device=self.before_ids.device)
 
     def transcript_ids(self, text: str) -> list[int]:
         return [*self.token_ids(text), self.tokenizer.eos_token_id]
@@ -143,19 +168,22 @@ class SpeechLLM(nn.Module):
         targets: list[list[int]] | None,
         *,
         left_pad: bool,
+        contexts: list[str] | None = None,
     ) -> LLMInputs:
-        """Per item: template before the speech, its valid speech embeddings, template after, then (training)
-        the transcript tokens + EOS; padded on the right for training, on the left for generation."""
+        """Per item: template before the speech (with the item's context, if any), its valid speech embeddings,
+        template after, then (training) the transcript tokens + EOS; padded on the right for training, on the
+        left for generation."""
         embed = self.llm.get_input_embeddings()
-        before, after = embed(self.before_ids), embed(self.after_ids)
+        after = embed(self.after_ids)
         rows, labels = [], []
         for index, length in enumerate(speech_lens.tolist()):
+            before = embed(self.before_speech(contexts[index] if contexts else None))
             target = torch.tensor(targets[index] if targets else [], dtype=torch.long, device=speech.device)
             rows.append(torch.cat([before, speech[index, :length].to(before.dtype), after, embed(target)]))
             prompt = len(before) + length + len(after)
             labels.append(torch.cat([torch.full((prompt,), IGNORE, device=speech.device), target]))
         width = max(len(row) for row in rows)
-        embeds = speech.new_zeros(len(rows), width, before.shape[-1], dtype=before.dtype)
+        embeds = speech.new_zeros(len(rows), width, after.shape[-1], dtype=after.dtype)
         mask = torch.zeros(len(rows), width, dtype=torch.long, device=speech.device)
         padded_labels = torch.full((len(rows), width), IGNORE, dtype=torch.long, device=speech.device)
         for index, (row, label) in enumerate(zip(rows, labels, strict=True)):
@@ -168,11 +196,36 @@ class SpeechLLM(nn.Module):
         speech, speech_lens = self.speech_embeddings(audio, lens)
         return self.loss(speech, speech_lens, [self.transcript_ids(t) for t in texts])
 
-    def loss(self, speech: torch.Tensor, speech_lens: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
-        batch = self.inputs(speech, speech_lens, targets, left_pad=False)
+    def loss(
+        self,
+        speech: torch.Tensor,
+        speech_lens: torch.Tensor,
+        targets: list[list[int]],
+        contexts: list[str] | None = None,
+    ) -> torch.Tensor:
+        batch = self.inputs(speech, speech_lens, targets, left_pad=False, contexts=contexts)
         return self.llm(
             inputs_embeds=batch.embeds, attention_mask=batch.attention_mask, labels=batch.labels
         ).loss
+
+    def sequence_logprobs(
+        self,
+        speech: torch.Tensor,
+        speech_lens: torch.Tensor,
+        targets: list[list[int]],
+        contexts: list[str] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced log P(target | speech, context) per row, summed over its tokens (EOS included), with
+        gradient, and each row's token count: MWER scores its N-best with these."""
+        batch = self.inputs(speech, speech_lens, targets, left_pad=False, contexts=contexts)
+        logits = self.llm(inputs_embeds=batch.embeds, attention_mask=batch.attention_mask).logits
+        labels = batch.labels[:, 1:]  # the token at position p is predicted at p - 1
+        scored = labels != IGNORE
+        # log-softmax only at the scored positions: a (B, L, vocab) log-softmax is large for a 150k vocabulary
+        token_logprobs = logits[:, :-1][scored].float().log_softmax(-1).gather(-1, labels[scored][:, None])
+        rows = scored.nonzero()[:, 0]
+        sums = token_logprobs.new_zeros(len(targets)).index_add(0, rows, token_logprobs[:, 0])
+        return sums, scored.sum(-1)
 
     @property
     def context_length(self) -> int | None:
@@ -189,11 +242,15 @@ class SpeechLLM(nn.Module):
                 reasons[index] = f"{seconds:.1f} s of audio, over max_audio_seconds={self.max_audio_seconds}"
         return reasons
 
-    def over_context(self, targets: list[list[int]], speech_lens: torch.Tensor) -> dict[int, str]:
-        """{item: why} for items whose prompt + speech + transcript exceed the LLM's context."""
-        prompt = len(self.before_ids) + len(self.after_ids)
+    def over_context(
+        self, targets: list[list[int]], speech_lens: torch.Tensor, contexts: list[str] | None = None
+    ) -> dict[int, str]:
+        """{item: why} for items whose prompt (with its context) + speech + transcript exceed the LLM's
+        context."""
         reasons = {}
         for index, (target, frames) in enumerate(zip(targets, speech_lens.tolist(), strict=True)):
+            before = self.before_speech(contexts[index] if contexts else None)
+            prompt = len(before) + len(self.after_ids)
             length = prompt + frames + len(target)
             if self.context_length and length > self.context_length:
                 reasons[index] = (
@@ -216,27 +273,98 @@ class SpeechLLM(nn.Module):
         beams: int = 1,
         nbest: int = 1,
         max_new_tokens: int | None = None,
+        contexts: list[str] | None = None,
+        context_weight: float | None = None,
+        prune_top_k: int | None = None,
     ) -> list[list[tuple[str, float]]]:
         """Per item, the `nbest` hypotheses with their sequence log-probabilities (sum over tokens, EOS
-        included), best first. The length bound defaults to the longest item's (`max_new_tokens`)."""
+        included), best first. The length bound defaults to the longest item's (`max_new_tokens`). With
+        `contexts`, see `decode`."""
         speech, speech_lens = self.speech_embeddings(audio, lens)
         bound = max_new_tokens or self.max_new_tokens(lens, sample_rate)
-        return self.decode(speech, speech_lens, beams=beams, nbest=nbest, max_new_tokens=bound)
+        return self.decode(
+            speech,
+            speech_lens,
+            beams=beams,
+            nbest=nbest,
+            max_new_tokens=bound,
+            contexts=contexts,
+            context_weight=context_weight,
+            prune_top_k=prune_top_k,
+        )
+
+    def decode(
+        self, speech: torch.Tensor, speech_lens: torch.Tensor, **options
+    ) -> list[list[tuple[str, float]]]:
+        """N-best (text, score) per item: `decode_hypotheses` without the token ids."""
+        return [
+            [(h.text, h.score) for h in item]
+            for item in self.decode_hypotheses(speech, speech_lens, **options)
+        ]
 
     @torch.no_grad()
-    def decode(
-        self, speech: torch.Tensor, speech_lens: torch.Tensor, *, beams: int, nbest: int, max_new_tokens: int
-    ) -> list[list[tuple[str, float]]]:
+    def decode_hypotheses(
+        self,
+        speech: torch.Tensor,
+        speech_lens: torch.Tensor,
+        *,
+        beams: int,
+        nbest: int,
+        max_new_tokens: int,
+        contexts: list[str] | None = None,
+        context_weight: float | None = None,
+        prune_top_k: int | None = None,
+    ) -> list[list[Hypothesis]]:
         """N-best from speech embeddings: greedy for beams = 1, else beam search, both with transformers'
         generate and its KV cache, batched over left-padded prompts (positions follow the attention mask, so an
-        item decodes the same in any batch)."""
+        item decodes the same in any batch). With `contexts` the prompt holds each item's context; with a
+        `context_weight` too, the search is Seed-ASR's joint one (`JointContextScores`, pruned to the
+        context-free model's `prune_top_k` tokens), and scores are joint log-probabilities."""
         if nbest > beams:
             raise ValueError(f"nbest ({nbest}) cannot exceed beams ({beams})")
-        batch = self.inputs(speech, speech_lens, None, left_pad=True)
-        pad = self.pad_token_id
-        # an explicit config: settings a model directory ships (repetition penalty, sampling) would change the
-        # hypotheses and make the scores something other than the model's log-probabilities
-        config = GenerationConfig(
+        if context_weight is not None and not contexts:
+            raise ValueError("context_weight needs contexts (the joint search mixes both prompts)")
+        batch = self.inputs(speech, speech_lens, None, left_pad=True, contexts=contexts)
+        processors = LogitsProcessorList()
+        if context_weight is not None:
+            free = self.inputs(speech, speech_lens, None, left_pad=True)
+            processors.append(
+                JointContextScores(
+                    self.llm,
+                    free.embeds,
+                    free.attention_mask,
+                    context_weight=context_weight,
+                    prune_top_k=prune_top_k,
+                    beams=beams,
+                )
+            )
+        out = self.llm.generate(
+            inputs_embeds=batch.embeds,
+            attention_mask=batch.attention_mask,
+            generation_config=self.generation_config(beams, nbest, max_new_tokens),
+            logits_processor=processors,
+        )
+        step_scores = self.llm.compute_transition_scores(
+            out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=beams == 1
+        )
+        ended = self.generated_mask(out.sequences)
+        scores = step_scores.masked_fill(~ended, 0).sum(-1)
+        tokens = out.sequences.masked_fill(~ended, self.pad_token_id)
+        texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        ids = [self.without_eos(row) for row in tokens.tolist()]
+        hypotheses = [
+            Hypothesis(text.strip(), float(score), row)
+            for text, score, row in zip(texts, scores, ids, strict=True)
+        ]
+        return [
+            sorted(hypotheses[i : i + nbest], key=lambda h: -h.score)
+            for i in range(0, len(hypotheses), nbest)
+        ]
+
+    def generation_config(self, beams: int, nbest: int, max_new_tokens: int) -> GenerationConfig:
+        # explicit: settings a model directory ships (repetition penalty, sampling) would change the hypotheses
+        # and make the scores something other than the model's log-probabilities
+        return GenerationConfig(
             max_new_tokens=max_new_tokens,
             num_beams=beams,
             num_return_sequences=nbest,
@@ -247,25 +375,17 @@ class SpeechLLM(nn.Module):
             length_penalty=0.0,  # beam scores as plain sums of log-probabilities
             early_stopping=True,
             eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=pad,
+            pad_token_id=self.pad_token_id,
             bos_token_id=self.tokenizer.bos_token_id,
             suppress_tokens=self.suppressed_ids or None,
             output_scores=True,
             return_dict_in_generate=True,
         )
-        out = self.llm.generate(
-            inputs_embeds=batch.embeds, attention_mask=batch.attention_mask, generation_config=config
-        )
-        step_scores = self.llm.compute_transition_scores(
-            out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=beams == 1
-        )
-        ended = self.generated_mask(out.sequences)
-        scores = step_scores.masked_fill(~ended, 0).sum(-1)
-        texts = self.tokenizer.batch_decode(out.sequences.masked_fill(~ended, pad), skip_special_tokens=True)
-        hypotheses = [(text.strip(), float(score)) for text, score in zip(texts, scores, strict=True)]
-        return [
-            sorted(hypotheses[i : i + nbest], key=lambda h: -h[1]) for i in range(0, len(hypotheses), nbest)
-        ]
+
+    def without_eos(self, row: list[int]) -> list[int]:
+        """A generated row's tokens before its EOS (padding follows only an EOS: a row without one is whole)."""
+        eos = self.tokenizer.eos_token_id
+        return row[: row.index(eos)] if eos in row else row
 
     @property
     def pad_token_id(self) -> int:

@@ -1,0 +1,1 @@
+"""Benchmarks of the RL stages (MWER; CRPO later)."""

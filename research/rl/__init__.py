@@ -1,0 +1,1 @@
+"""Reinforcement stages: MWER for the LLM recognizer (CRPO later)."""

@@ -1,0 +1,126 @@
+"""Context SFT and the MWER stage through experiments.train on tiny parts, both started from a tiny AcLLM run:
+weights carried over, contexts in the batches, keyword recall and the MWER statistics logged, and checkpoints that
+reload without the run they started from. The MWER scoring is checked against teacher forcing item by item."""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+
+from experiments.core.checkpoints import load_checkpoint, load_module
+from experiments.core.runner import train
+from research.acllm.speech_llm import Hypothesis
+
+
+def later_stage(tiny_data_dir, output_dir, upstream_ckpt, experiment: str, *extra: str) -> list[str]:
+    from tests.conftest import tiny_overrides
+
+    overrides = [
+        o for o in tiny_overrides(tiny_data_dir, output_dir) if not o.startswith(("model.", "experiment="))
+    ]
+    return [
+        f"experiment={experiment}",
+        *overrides,
+        f"init.ckpt_path={upstream_ckpt}",
+        "model.lora.rank=4",
+        "model.scheduler.warmup_steps=2",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "trainer.limit_val_batches=1",
+        "test=false",
+        *extra,
+    ]
+
+
+def test_context_sft_starts_from_the_sft_weights_and_logs_keyword_recall(
+    tiny_data_dir, tiny_acllm_checkpoint, tmp_path, mlflow_store, compose_config
+):
+    from hydra.utils import instantiate
+
+    cfg = compose_config(
+        later_stage(tiny_data_dir, tmp_path / "ctx", tiny_acllm_checkpoint, "acllm/digits_context")
+    )
+    module = instantiate(cfg.model)
+    upstream = load_checkpoint(tiny_acllm_checkpoint)["state_dict"]
+    state = module.state_dict()
+    assert all(
+        torch.equal(state[name], value) for name, value in upstream.items()
+    )  # LoRA, converter, encoder
+    data = instantiate(cfg.data)
+    data.prepare_data()
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert len(batch["context"]) == len(batch["text"]) and any(batch["context"])
+    metrics = train(cfg)
+    assert {"train/loss", "val/wer", "val/keyword_recall"} <= set(metrics)
+    assert 0 <= metrics["val/keyword_recall"] <= 1
+
+
+def test_mwer_scores_each_hypothesis_as_teacher_forcing_does(
+    tiny_data_dir, tiny_acllm_checkpoint, tmp_path, compose_config
+):
+    from hydra.utils import instantiate
+
+    cfg = compose_config(
+        later_stage(tiny_data_dir, tmp_path, tiny_acllm_checkpoint, "rl/mwer_digits", "model.nbest=3")
+    )
+    module = instantiate(cfg.model)
+    model = module.model.eval()
+    audio = torch.randn(2, 1, 12000) * 0.1
+    lens = torch.tensor([12000, 9000])
+    batch = {"audio": audio, "audio_lens": lens, "text": ["one two", "nine"], "context": ["two", ""]}
+    items = module.usable_items(batch)
+    ids = lambda text: model.token_ids(text)  # noqa: E731
+    hypotheses = [
+        [Hypothesis("one two", -1.0, ids("one two")), Hypothesis("one", -2.0, ids("one"))],  # only 2 of 3
+        [
+            Hypothesis("nine", -1.0, ids("nine")),
+            Hypothesis("five", -2.0, ids("five")),
+            Hypothesis("", -3.0, []),
+        ],
+    ]
+    logprobs, valid, reference_ce = module.score(items, hypotheses)
+    assert valid.tolist() == [[True, True, False], [True, True, True]]
+    eos = model.tokenizer.eos_token_id
+    for item, item_hypotheses in enumerate(hypotheses):
+        for rank, hypothesis in enumerate(item_hypotheses):
+            alone, _ = model.sequence_logprobs(
+                items.speech[item : item + 1],
+                items.speech_lens[item : item + 1],
+                [[*hypothesis.ids, eos]],
+                [batch["context"][item]],
+            )
+            torch.testing.assert_close(logprobs[item, rank], alone[0], atol=1e-5, rtol=1e-5)
+    expected_ce = model.loss(items.speech, items.speech_lens, items.targets, items.contexts)
+    torch.testing.assert_close(reference_ce, expected_ce, atol=1e-5, rtol=1e-5)
+    errors = module.errors(hypotheses, [["one", "two"], ["nine"]], [["two"], []], 3.0)
+    assert errors.tolist() == [[0, 3, 0], [0, 1, 1]]  # "one" for "one two" drops the keyword "two": weight 3
+
+
+def test_mwer_stage_trains_logs_its_statistics_and_reloads_without_its_upstream(
+    tiny_data_dir, tiny_acllm_checkpoint, tmp_path, mlflow_store, compose_config
+):
+    upstream = tmp_path / "upstream.ckpt"
+    shutil.copy(tiny_acllm_checkpoint, upstream)
+    metrics = train(compose_config(later_stage(tiny_data_dir, tmp_path / "mwer", upstream, "rl/mwer_digits")))
+    logged = {
+        "train/loss",
+        "train/mwer_risk",
+        "train/expected_wer",
+        "train/nbest_wer_best",
+        "train/nbest_wer_mean",
+        "train/nbest_wer_top",
+        "val/wer",
+    }
+    assert logged <= set(metrics)
+    assert metrics["train/nbest_wer_best"] <= metrics["train/nbest_wer_mean"]
+    ckpt = tmp_path / "mwer" / "checkpoints" / "last.ckpt"
+    stored = load_checkpoint(ckpt)["voxlab_config"]["model"]
+    assert stored["init_checkpoint"] is None and stored["model"]["_target_"].endswith("SpeechLLM")
+    upstream.unlink()  # the MWER checkpoint stands alone
+    reloaded = load_module(ckpt)
+    assert type(reloaded).__name__ == "MWERModule" and reloaded.hparams.nbest == 4
+    assert "init_checkpoint" not in reloaded.hparams  # no copy of the upstream weights in the hyperparameters
+    trained = load_checkpoint(ckpt)["state_dict"]
+    assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in trained.items())
