@@ -4,8 +4,10 @@ reload without the run they started from. The MWER scoring is checked against te
 
 from __future__ import annotations
 
+import math
 import shutil
 
+import pytest
 import torch
 
 from experiments.core.checkpoints import load_checkpoint, load_module
@@ -124,3 +126,58 @@ def test_mwer_stage_trains_logs_its_statistics_and_reloads_without_its_upstream(
     assert "init_checkpoint" not in reloaded.hparams  # no copy of the upstream weights in the hyperparameters
     trained = load_checkpoint(ckpt)["state_dict"]
     assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in trained.items())
+
+
+def test_transcribe_with_a_context_column_reports_keyword_recall_and_alpha_zero_is_context_free(
+    tiny_data_dir, tiny_acllm_checkpoint, tmp_path
+):
+    from datamodules.manifest import read_manifest, write_manifest
+    from experiments import transcribe
+    from experiments.core.transcripts import transcribe_manifest
+
+    source = read_manifest(tiny_data_dir / "connected_digits" / "val.jsonl")
+    rows = [
+        {
+            **row,
+            "audio_filepath": str(source.audio_path(i)),
+            "context": f"{row['text'].split()[0]}, eight eight",
+        }
+        for i, row in enumerate(source.rows[:4])
+    ]
+    manifest = tmp_path / "in.jsonl"
+    write_manifest(manifest, rows)
+    common = [
+        "--ckpt",
+        str(tiny_acllm_checkpoint),
+        "--manifest",
+        str(manifest),
+        "--context-column",
+        "context",
+    ]
+    assert transcribe.main([*common, "--out", str(tmp_path / "joint.jsonl"), "--context-weight", "1.0"]) == 0
+    assert all("hyp" in row for row in read_manifest(tmp_path / "joint.jsonl").rows)
+    model = load_module(tiny_acllm_checkpoint).model
+    free = transcribe_manifest(model, manifest, tmp_path / "free.jsonl")
+    alpha_zero = transcribe_manifest(
+        model, manifest, tmp_path / "zero.jsonl", context_column="context", context_weight=0.0
+    )
+    assert [r["hyp"] for r in read_manifest(free.out).rows] == [
+        r["hyp"] for r in read_manifest(alpha_zero.out).rows
+    ]
+    assert free.keyword_recall is None and 0 <= alpha_zero.keyword_recall <= 1  # keywords: context words said
+    with pytest.raises(SystemExit):
+        transcribe.main(["--ckpt", "x", "--manifest", "m", "--out", "o", "--context-weight", "1"])
+
+
+def test_the_benchmarks_expected_wer_weights_each_hypothesis_by_its_renormalised_posterior():
+    from experiments.benchmarks.rl.mwer_evidence import expected_wer
+
+    rows = [
+        {
+            "text": "one two",
+            "nbest": [{"text": "one two", "score": 0.0}, {"text": "one", "score": -math.log(3)}],
+        },
+        {"text": "nine", "nbest": [{"text": "five", "score": -1.0}]},
+    ]
+    # row 1: p = (3/4, 1/4), WERs (0, 1/2) -> 1/8; row 2: one hypothesis, WER 1
+    assert expected_wer(rows) == pytest.approx((1 / 8 + 1) / 2)

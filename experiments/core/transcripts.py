@@ -80,7 +80,7 @@ def transcribe_manifest(
         normalize = CharVocabulary().normalize
         hyps, refs = [normalize(r["hyp"]) for r in scored], [normalize(r["text"]) for r in scored]
         result.wer, result.cer = float(word_error_rate(hyps, refs)), float(char_error_rate(hyps, refs))
-        if context_column:
+        if context_column or any("keywords" in row for row in scored):
             recall = KeywordRecall()
             keywords = [row_keywords(row, context_column, normalize) for row in scored]
             recall.update(hyps, refs, keywords)
@@ -93,9 +93,9 @@ def context_text(value: str | list[str]) -> str:
     return ", ".join(value) if isinstance(value, list) else str(value or "")
 
 
-def row_keywords(row: dict, context_column: str, normalize) -> list[str]:
+def row_keywords(row: dict, context_column: str | None, normalize) -> list[str]:
     """The row's `keywords`, else the words of its context that its transcript holds."""
-    if "keywords" in row:
-        return normalize(" ".join(row["keywords"])).split()
+    if "keywords" in row or not context_column:
+        return normalize(" ".join(row.get("keywords", []))).split()
     said = set(normalize(row["text"]).split())
     return [word for word in normalize(context_text(row[context_column])).split() if word in said]
