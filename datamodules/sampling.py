@@ -114,8 +114,10 @@ class ResumableDataLoader(DataLoader):
 
     def __iter__(self):
         sampler = self.batch_sampler
-        # the previous pass was complete (Lightning stops at the length, so no code after the last yield runs)
-        if self.advance_epochs and self._yielded and self._yielded >= len(sampler):
+        # a new pass after one that started (complete, or cut by limit_train_batches) is a new epoch; after
+        # load_state_dict the count is 0, so a resumed epoch goes on (Lightning stops at the length, so no code
+        # after the last yield would run)
+        if self.advance_epochs and self._yielded:
             sampler.set_epoch(sampler.epoch + 1)
         self._yielded = sampler.skip_batches  # a resumed epoch counts the batches trained before the stop
         if hasattr(self.dataset, "set_epoch"):  # crop offsets follow the epoch; workers get a fresh copy

@@ -83,9 +83,21 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
         self.test_metrics = nn.ModuleList()
         self.normalize = CharVocabulary().normalize
         self.skipped_in_training = 0
-        if init_checkpoint is not None:  # the upstream run's weights; its frozen LLM parts come from llm_dir
-            self.on_load_checkpoint(init_checkpoint)
-            self.load_state_dict(init_checkpoint["state_dict"])
+        if init_checkpoint is not None:
+            self.start_from(init_checkpoint)
+
+    def start_from(self, checkpoint: dict) -> None:
+        """The upstream run's weights (its frozen LLM parts come from llm_dir), refusing other adapter settings:
+        a different LoRA alpha would load without a key mismatch and silently rescale the adapters."""
+        upstream = checkpoint.get("hyper_parameters", {})
+        for name in ("recipe", "lora"):
+            if name in upstream and upstream[name] != self.hparams[name]:
+                raise ValueError(
+                    f"the run this one starts from was trained with {name}={upstream[name]!r}, this one sets "
+                    f"{name}={self.hparams[name]!r}: set model.{name} to the upstream's"
+                )
+        self.on_load_checkpoint(checkpoint)
+        self.load_state_dict(checkpoint["state_dict"])
 
     def on_train_epoch_start(self) -> None:
         # a part with nothing to train runs as at inference (no dropout, no SpecAugment); Lightning leaves modes

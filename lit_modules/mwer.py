@@ -58,7 +58,11 @@ class MWERModule(AcLLMModule):
             padded = list(item_hypotheses) + [None] * (nbest - len(item_hypotheses))
             for hypothesis in padded:
                 rows.append(item)
-                targets.append([*hypothesis.ids, eos] if hypothesis else items.targets[item])
+                # EOS only where the decoder generated it: a hypothesis the length bound cut keeps its own score
+                ended = hypothesis is not None and hypothesis.ended
+                targets.append(
+                    [*hypothesis.ids, *([eos] if ended else [])] if hypothesis else items.targets[item]
+                )
                 valid.append(hypothesis is not None)
             rows.append(item)
             targets.append(items.targets[item])

@@ -134,4 +134,5 @@ class KeywordRecall(Metric):
             self.total += total
 
     def compute(self) -> torch.Tensor:
-        return (self.hits / self.total.clamp_min(1)).float()
+        """NaN when no reference held a keyword (recall is undefined, not 0)."""
+        return (self.hits / self.total).float() if self.total > 0 else torch.tensor(float("nan"))

@@ -125,4 +125,34 @@ def test_joint_search_reduces_to_context_free_decoding_at_alpha_zero_and_with_to
     assert [item[0][0] for item in top1] == [item[0][0] for item in greedy_free]
     with pytest.raises(ValueError, match="needs contexts"):
         model.decode(speech, speech_lens, beams=1, nbest=1, context_weight=1.0, **options)
+    with pytest.raises(
+        ValueError, match="must be >= beams"
+    ):  # else transformers pads the beam with -1e9 rows
+        model.decode(
+            speech,
+            speech_lens,
+            beams=4,
+            nbest=1,
+            contexts=contexts,
+            context_weight=1.0,
+            prune_top_k=2,
+            **options,
+        )
     assert math.isfinite(top1[0][0][1])
+
+
+def test_the_joint_search_keeps_suppressed_tokens_out_and_scores_greedy_as_beam_search(tiny_llm_dir):
+    model = tiny_speech_llm(tiny_llm_dir)
+    audio, lens = audio_batch()
+    speech, speech_lens = model.speech_embeddings(audio, lens)
+    contexts, options = ["one two", "five"], {"max_new_tokens": 5, "context_weight": 1.0, "prune_top_k": 3}
+    greedy = model.decode_hypotheses(speech, speech_lens, beams=1, nbest=1, contexts=contexts, **options)
+    model.suppressed_ids = sorted({i for item in greedy for h in item for i in h.ids})
+    again = model.decode_hypotheses(speech, speech_lens, beams=2, nbest=2, contexts=contexts, **options)
+    assert not {i for item in again for h in item for i in h.ids} & set(model.suppressed_ids)
+    model.suppressed_ids = []
+    beam = model.decode_hypotheses(speech, speech_lens, beams=3, nbest=3, contexts=contexts, **options)
+    for item in range(2):  # the joint score of the same tokens does not depend on the search that found them
+        found = [h for h in beam[item] if h.ids == greedy[item][0].ids]
+        if found:
+            assert found[0].score == pytest.approx(greedy[item][0].score, abs=1e-4)

@@ -225,6 +225,17 @@ def test_training_epochs_differ_under_lightning_and_validation_stays_fixed(tmp_p
     assert [[int(i) for i, _ in b] for b in module.batches[:2]] != [
         [int(i) for i, _ in b] for b in module.batches[2:4]
     ]
+    cut = Record()  # passes cut short by limit_train_batches are epochs too
+    L.Trainer(
+        max_epochs=3,
+        limit_train_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    ).fit(cut, loader(True))
+    assert [int(batch[0][1]) for batch in cut.batches] == [0, 1, 2]
     val = loader(False)
     assert [b.tolist() for b in val] == [b.tolist() for b in val]  # validation: the same batches every pass
     assert val.batch_sampler.epoch == 0

@@ -35,6 +35,16 @@ def later_stage(tiny_data_dir, output_dir, upstream_ckpt, experiment: str, *extr
     ]
 
 
+def test_a_stage_with_other_lora_settings_than_its_upstream_is_refused(
+    tiny_data_dir, tiny_acllm_checkpoint, tmp_path, compose_config
+):
+    from hydra.utils import instantiate
+
+    overrides = later_stage(tiny_data_dir, tmp_path, tiny_acllm_checkpoint, "acllm/digits_context")
+    with pytest.raises(Exception, match="trained with lora="):  # alpha 8 would load and rescale the adapters
+        instantiate(compose_config([*overrides, "model.lora.alpha=8"]).model)
+
+
 def test_context_sft_starts_from_the_sft_weights_and_logs_keyword_recall(
     tiny_data_dir, tiny_acllm_checkpoint, tmp_path, mlflow_store, compose_config
 ):
@@ -75,11 +85,12 @@ def test_mwer_scores_each_hypothesis_as_teacher_forcing_does(
     items = module.usable_items(batch)
     ids = lambda text: model.token_ids(text)  # noqa: E731
     hypotheses = [
-        [Hypothesis("one two", -1.0, ids("one two")), Hypothesis("one", -2.0, ids("one"))],  # only 2 of 3
+        # only 2 of 3; "one" was cut by the length bound (no EOS generated, none scored)
+        [Hypothesis("one two", -1.0, ids("one two"), True), Hypothesis("one", -2.0, ids("one"), False)],
         [
-            Hypothesis("nine", -1.0, ids("nine")),
-            Hypothesis("five", -2.0, ids("five")),
-            Hypothesis("", -3.0, []),
+            Hypothesis("nine", -1.0, ids("nine"), True),
+            Hypothesis("five", -2.0, ids("five"), True),
+            Hypothesis("", -3.0, [], True),
         ],
     ]
     logprobs, valid, reference_ce = module.score(items, hypotheses)
@@ -90,7 +101,7 @@ def test_mwer_scores_each_hypothesis_as_teacher_forcing_does(
             alone, _ = model.sequence_logprobs(
                 items.speech[item : item + 1],
                 items.speech_lens[item : item + 1],
-                [[*hypothesis.ids, eos]],
+                [[*hypothesis.ids, eos] if hypothesis.ended else hypothesis.ids],
                 [batch["context"][item]],
             )
             torch.testing.assert_close(logprobs[item, rank], alone[0], atol=1e-5, rtol=1e-5)
@@ -116,14 +127,15 @@ def test_mwer_stage_trains_logs_its_statistics_and_reloads_without_its_upstream(
         "val/wer",
     }
     assert logged <= set(metrics)
-    assert metrics["train/nbest_wer_best"] <= metrics["train/nbest_wer_mean"]
+    assert metrics["train/expected_wer"] >= 0 and metrics["train/nbest_size"] >= 2
     ckpt = tmp_path / "mwer" / "checkpoints" / "last.ckpt"
     stored = load_checkpoint(ckpt)["voxlab_config"]["model"]
     assert stored["init_checkpoint"] is None and stored["model"]["_target_"].endswith("SpeechLLM")
     upstream.unlink()  # the MWER checkpoint stands alone
     reloaded = load_module(ckpt)
     assert type(reloaded).__name__ == "MWERModule" and reloaded.hparams.nbest == 4
-    assert "init_checkpoint" not in reloaded.hparams  # no copy of the upstream weights in the hyperparameters
+    hyper_parameters = load_checkpoint(ckpt)["hyper_parameters"]
+    assert "init_checkpoint" not in hyper_parameters  # no copy of the upstream weights in the checkpoint
     trained = load_checkpoint(ckpt)["state_dict"]
     assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in trained.items())
 

@@ -2,8 +2,18 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+import research.tokenizer.quantizer as quantizer_module
 from research.tokenizer.distillation import align_to_frames, d_axis_loss, t_axis_loss
-from research.tokenizer.quantizer import EMACodebook, ResidualVQ, SplitResidualVQ, kmeans, nearest_codes
+from research.tokenizer.quantizer import (
+    EMACodebook,
+    ResidualVQ,
+    SplitResidualVQ,
+    kmeans,
+    kmeans_plus_plus,
+    nearest,
+    nearest_codes,
+    squared_distances,
+)
 
 
 def test_nearest_codes_matches_brute_force_in_chunks():
@@ -13,6 +23,106 @@ def test_nearest_codes_matches_brute_force_in_chunks():
     assert torch.equal(nearest_codes(x, codebook, chunk=64), brute)
 
 
+def test_matmul_distances_equal_direct_distances():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 40, generator=generator, dtype=torch.float64) * 3 + 1
+    y = torch.randn(70, 40, generator=generator, dtype=torch.float64)
+    direct = (x[:, None] - y[None]).pow(2).sum(-1)
+    assert torch.allclose(squared_distances(x, y), direct, rtol=1e-10, atol=1e-10)
+    indices, distances = nearest(x, y, chunk=64)
+    assert torch.equal(indices, direct.argmin(-1))
+    assert torch.allclose(distances, direct.min(-1).values, rtol=1e-10, atol=1e-10)
+
+
+def test_seeding_picks_k_distinct_rows():
+    generator = torch.Generator().manual_seed(0)
+    samples = torch.randn(500, 96, generator=generator)  # wider than the 64-d projection
+    picks = kmeans_plus_plus(samples, 100, generator=torch.Generator().manual_seed(1))
+    assert picks.shape == (100,) and len(set(picks.tolist())) == 100
+    # 40 distinct rows, each 5 times: the 40 first, then rows not chosen yet (never a chosen one again)
+    repeated = torch.randn(40, 8, generator=generator).repeat(5, 1)
+    picks = kmeans_plus_plus(repeated, 60, generator=torch.Generator().manual_seed(1))
+    assert len(set(picks.tolist())) == 60 and set((picks[:40] % 40).tolist()) == set(range(40))
+    # fewer frames than codes (a short first batch): every frame once, then repeats
+    picks = kmeans_plus_plus(samples[:10], 16, generator=torch.Generator().manual_seed(1))
+    assert set(picks[:10].tolist()) == set(range(10)) and picks.max() < 10
+
+
+def test_seeding_spreads_over_separated_clusters():
+    """Greedy k-means++ puts one seed in each of k far-apart clusters, even small ones next to a big one."""
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(8, 100, generator=generator) * 20
+    sizes = [400, 10, 10, 10, 10, 10, 10, 10]
+    samples = torch.cat(
+        [c + torch.randn(n, 100, generator=generator) for c, n in zip(centres, sizes, strict=True)]
+    )
+    seeds = samples[kmeans_plus_plus(samples, 8, generator=torch.Generator().manual_seed(3))]
+    assert sorted(torch.cdist(seeds, centres).argmin(-1).tolist()) == list(range(8))
+
+
+def test_lloyd_with_tolerance_stops_early_and_recovers_centres(monkeypatch):
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(5, 80, generator=generator) * 10
+    samples = torch.cat([c + 0.1 * torch.randn(100, 80, generator=generator) for c in centres])
+    assignments = []
+    monkeypatch.setattr(
+        quantizer_module, "nearest", lambda *a, **k: assignments.append(1) or nearest(*a, **k)
+    )
+    found, counts = kmeans(samples, 5, iters=50, tolerance=1e-2, generator=torch.Generator().manual_seed(1))
+    # seeds, one update to the cluster means, one assignment that changes nothing: stop
+    assert len(assignments) <= 3
+    assert counts.tolist() == [100.0] * 5
+    means = samples.view(5, 100, 80).mean(1)  # each cluster's mean, to rounding
+    assert torch.cdist(means, found).min(-1).values.max() < 1e-4
+
+
+def reference_kmeans(samples: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:
+    """The initialisation the RVQ used before: plain k-means++ (one draw per step), then `iters` Lloyd steps."""
+    picks = [int(torch.randint(len(samples), (1,), generator=generator))]
+    nearest_sq = (samples - samples[picks[0]]).pow(2).sum(-1)
+    for _ in range(1, k):
+        picks.append(int(torch.multinomial(nearest_sq, 1, generator=generator)))
+        nearest_sq = torch.minimum(nearest_sq, (samples - samples[picks[-1]]).pow(2).sum(-1))
+    centroids = samples[picks].clone()
+    for _ in range(iters):
+        assign = torch.cdist(samples, centroids).argmin(-1)
+        for j in range(k):
+            if (assign == j).any():
+                centroids[j] = samples[assign == j].mean(0)
+    return centroids
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_quantization_error_not_worse_than_plain_kmeans_plus_plus(seed):
+    """Clusters of uneven size and spread, fewer codes than clusters: the RVQ's setting (greedy seeds, Lloyd to
+    a 1% tolerance) ends at no higher mean squared distance than plain k-means++ with 50 Lloyd steps."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(48, 96, generator=generator) * 2
+    spread = torch.rand(48, generator=generator) * 1.5 + 0.25
+    labels = torch.multinomial(torch.rand(48, generator=generator) + 0.2, 2000, True, generator=generator)
+    samples = centres[labels] + spread[labels, None] * torch.randn(2000, 96, generator=generator)
+    old = reference_kmeans(samples, 32, 50, torch.Generator().manual_seed(seed))
+    new, _ = kmeans(samples, 32, iters=50, tolerance=1e-2, generator=torch.Generator().manual_seed(seed))
+    assert nearest(samples, new)[1].mean() <= nearest(samples, old)[1].mean()
+
+
+def test_kmeans_and_codebook_init_are_deterministic_under_a_seed():
+    samples = torch.randn(400, 72, generator=torch.Generator().manual_seed(0))
+
+    def fit(seed: int) -> torch.Tensor:
+        return kmeans(samples, 20, iters=10, generator=torch.Generator().manual_seed(seed))[0]
+
+    assert torch.equal(fit(1), fit(1)) and not torch.equal(fit(1), fit(2))
+
+    def init(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)  # init_from draws from the global RNG; DDP ranks then take rank 0's result
+        book = EMACodebook(dim=72, size=20, kmeans_iters=10)
+        book.init_from(samples)
+        return book.embed
+
+    assert torch.equal(init(5), init(5)) and not torch.equal(init(5), init(6))
+
+
 def test_kmeans_finds_separated_clusters():
     torch.manual_seed(0)
     centers = torch.tensor([[5.0, 0.0], [-5.0, 0.0], [0.0, 5.0]])
@@ -20,6 +130,17 @@ def test_kmeans_finds_separated_clusters():
     found, counts = kmeans(samples, 3, iters=10, generator=torch.Generator().manual_seed(1))
     assert sorted(counts.tolist()) == [200, 200, 200]
     assert torch.cdist(centers, found).min(-1).values.max() < 0.1
+
+
+def test_kmeans_keeps_its_precision_far_from_the_origin():
+    """Clusters 0.2 apart around a point at distance 4,000: float32's ||x||^2 - 2 x.c + ||c||^2 would lose the
+    distances to rounding (||x||^2 = 1.6e7), so k-means works on centred samples."""
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.1, 0.0], [-0.1, 0.0], [0.0, 0.1], [0.0, -0.1]]).repeat(1, 8) + 1000.0
+    samples = torch.cat([c + 0.005 * torch.randn(50, 16, generator=generator) for c in centres])
+    found, counts = kmeans(samples, 4, iters=10, generator=torch.Generator().manual_seed(1))
+    assert counts.tolist() == [50.0] * 4
+    assert torch.cdist(centres.double(), found.double()).min(-1).values.max() < 0.01
 
 
 def test_ema_update_matches_hand_computation():

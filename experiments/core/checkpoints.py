@@ -162,12 +162,12 @@ def load_submodule(
 
 
 def initial_weights(*, ckpt_path: str | None = None, run_id: str | None = None, which: str = "last") -> dict:
-    """An earlier run's weights (`state_dict`) and what its module records beside them (the LLM it was trained
-    on), for a stage that starts from that run: context SFT after SFT, MWER after context SFT."""
+    """An earlier run's weights (`state_dict`), its hyperparameters and what its module records beside them (the
+    LLM it was trained on), for a stage that starts from that run: context SFT after SFT, MWER after context
+    SFT."""
     checkpoint = load_checkpoint(resolve_checkpoint(ckpt_path, run_id, which))
-    return {
-        key: value for key, value in checkpoint.items() if key == "state_dict" or key.startswith("voxlab_")
-    }
+    kept = ("state_dict", "hyper_parameters", "voxlab_llm")
+    return {key: value for key, value in checkpoint.items() if key in kept}
 
 
 def encoder_teacher(

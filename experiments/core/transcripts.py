@@ -39,7 +39,7 @@ def transcribe_manifest(
     batch_size: int = 8,
     context_column: str | None = None,
     context_weight: float | None = None,
-    prune_top_k: int | None = None,
+    prune_top_k: int | None = 5,
 ) -> TranscriptionResult:
     """Write `out`: the manifest's rows (audio paths absolute) with `hyp` (1-best) and `nbest` ([{text, score}]).
     With `context_column`, each row's context goes into its prompt (`SpeechLLM.decode`)."""
@@ -96,6 +96,7 @@ def context_text(value: str | list[str]) -> str:
 def row_keywords(row: dict, context_column: str | None, normalize) -> list[str]:
     """The row's `keywords`, else the words of its context that its transcript holds."""
     if "keywords" in row or not context_column:
-        return normalize(" ".join(row.get("keywords", []))).split()
+        keywords = row.get("keywords") or []
+        return normalize(keywords if isinstance(keywords, str) else " ".join(keywords)).split()
     said = set(normalize(row["text"]).split())
     return [word for word in normalize(context_text(row[context_column])).split() if word in said]

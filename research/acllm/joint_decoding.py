@@ -4,8 +4,8 @@ context-conditioned prompt, and at every step each candidate token is scored by
     P_joint(y_t | ...) = alpha / (1 + alpha) * P(y_t | x, c, y_<t) + 1 / (1 + alpha) * P(y_t | x, y_<t)
 
 after the tokens that the context-free model P(y_t | x, y_<t) finds acoustically implausible (outside its top k)
-were pruned: plain context decoding copies context words that were never said. alpha = 0 is context-free
-decoding, a large alpha context decoding with pruning only."""
+were pruned (plain context decoding copies context words that were never said), renormalised over the tokens
+left. alpha = 0 is context-free decoding, a large alpha context decoding with pruning only."""
 
 from __future__ import annotations
 
@@ -48,9 +48,8 @@ class JointContextScores(LogitsProcessor):
         """log P(y_t | x, y_<t) of the context-free prompt, (rows, vocab)."""
         embeds = torch.cat([self.free_embeds, self.llm.get_input_embeddings()(generated)], 1)
         mask = torch.cat([self.free_mask, torch.ones_like(generated)], 1)
-        positions = (mask.cumsum(-1) - 1).clamp_min(
-            0
-        )  # left padding: positions follow the mask, as in generate
+        # left padding: positions follow the mask, as in generate
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
         logits = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits[:, -1]
         return logits.float().log_softmax(-1)
 
@@ -58,8 +57,10 @@ class JointContextScores(LogitsProcessor):
         context = scores.float().log_softmax(-1)  # greedy hands raw logits, beam search log-probabilities
         free = self.free_logprobs(input_ids)
         joint = torch.logaddexp(context + self.log_weights[0], free + self.log_weights[1])
+        excluded = context == -math.inf  # what earlier processors suppressed (a unit model's units) stays out
         if self.prune_top_k is not None:
-            implausible = torch.ones_like(joint, dtype=torch.bool)
-            implausible.scatter_(-1, free.topk(min(self.prune_top_k, free.shape[-1]), -1).indices, False)
-            joint = joint.masked_fill(implausible, -math.inf)
-        return joint.to(scores.dtype)
+            candidates = free.masked_fill(excluded, -math.inf)
+            top = candidates.topk(min(self.prune_top_k, free.shape[-1]), -1).indices
+            excluded = excluded | ~torch.zeros_like(excluded).scatter(-1, top, True)
+        # renormalised over what is left: greedy and beam search then report the same scores
+        return joint.masked_fill(excluded, -math.inf).log_softmax(-1).to(scores.dtype)

@@ -92,6 +92,7 @@ class Hypothesis(NamedTuple):
     text: str
     score: float  # sequence log-probability, EOS included when it was generated
     ids: list[int]  # generated tokens before EOS
+    ended: bool  # EOS was generated (else the length bound cut the hypothesis)
 
 
 @dataclass
@@ -324,6 +325,9 @@ class SpeechLLM(nn.Module):
             raise ValueError(f"nbest ({nbest}) cannot exceed beams ({beams})")
         if context_weight is not None and not contexts:
             raise ValueError("context_weight needs contexts (the joint search mixes both prompts)")
+        if context_weight is not None and prune_top_k is not None and beams > prune_top_k:
+            # fewer live candidates than beams: transformers fills the beam with -1e9 placeholders
+            raise ValueError(f"prune_top_k ({prune_top_k}) must be >= beams ({beams})")
         batch = self.inputs(speech, speech_lens, None, left_pad=True, contexts=contexts)
         processors = LogitsProcessorList()
         if context_weight is not None:
@@ -344,17 +348,22 @@ class SpeechLLM(nn.Module):
             generation_config=self.generation_config(beams, nbest, max_new_tokens),
             logits_processor=processors,
         )
+        # greedy hands the processors raw logits: normalise them (the joint processor already returns log-probs)
         step_scores = self.llm.compute_transition_scores(
-            out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=beams == 1
+            out.sequences,
+            out.scores,
+            getattr(out, "beam_indices", None),
+            normalize_logits=beams == 1 and context_weight is None,
         )
         ended = self.generated_mask(out.sequences)
         scores = step_scores.masked_fill(~ended, 0).sum(-1)
         tokens = out.sequences.masked_fill(~ended, self.pad_token_id)
         texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-        ids = [self.without_eos(row) for row in tokens.tolist()]
+        eos = self.tokenizer.eos_token_id
+        rows = tokens.tolist()
         hypotheses = [
-            Hypothesis(text.strip(), float(score), row)
-            for text, score, row in zip(texts, scores, ids, strict=True)
+            Hypothesis(text.strip(), float(score), row[: row.index(eos)] if eos in row else row, eos in row)
+            for text, score, row in zip(texts, scores, rows, strict=True)
         ]
         return [
             sorted(hypotheses[i : i + nbest], key=lambda h: -h.score)
@@ -381,11 +390,6 @@ class SpeechLLM(nn.Module):
             output_scores=True,
             return_dict_in_generate=True,
         )
-
-    def without_eos(self, row: list[int]) -> list[int]:
-        """A generated row's tokens before its EOS (padding follows only an EOS: a row without one is whole)."""
-        eos = self.tokenizer.eos_token_id
-        return row[: row.index(eos)] if eos in row else row
 
     @property
     def pad_token_id(self) -> int:

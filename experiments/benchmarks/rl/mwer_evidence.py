@@ -31,12 +31,14 @@ from experiments.core.tracking import ROOT
 
 TEST_SETS = {"test": "test.jsonl", "test_heldout": "test_heldout.jsonl"}
 CONTEXT_ARMS = ("sft_more", "context_sft")
-RL_LR = "model.optimizer.lr=3e-4"  # rl/mwer_digits' rate, for every RL arm
+# every RL arm: rl/mwer_digits' rate and batches, so that equal steps see equal data
+RL_COMMON = ["model.optimizer.lr=3e-4", "data.batch_size=8", "data.max_batch_seconds=24"]
 RL_ARMS = {
-    "ce_more": ["experiment=acllm/digits_context", RL_LR],
-    "mwer": ["experiment=rl/mwer_digits", RL_LR],
-    "mwer_weighted": ["experiment=rl/mwer_digits", "model.keyword_weight=3.0", RL_LR],
+    "ce_more": ["experiment=acllm/digits_context", *RL_COMMON],
+    "mwer": ["experiment=rl/mwer_digits", *RL_COMMON],
+    "mwer_weighted": ["experiment=rl/mwer_digits", "model.keyword_weight=3.0", *RL_COMMON],
 }
+DISTRACTOR_TRIES = 50  # draws of a distractor-only context that shares no word with the transcript
 LABELS = {
     "sft_more": "plain SFT, same steps",
     "context_sft": "context SFT",
@@ -95,9 +97,25 @@ def continued(pipeline, name: str, start: str, overrides: list[str], steps: int,
     )
 
 
+def unsaid_context(builder, rows: list[dict], index: int) -> str:
+    """Distractor entries that share no word with the transcript (with ten digit words, a random run of another
+    utterance often holds a spoken digit, which would not test hallucination); up to 3 entries."""
+    import numpy as np
+
+    said, entries = set(rows[index]["text"].split()), []
+    for attempt in range(DISTRACTOR_TRIES):
+        context, _ = builder(rows, index, np.random.default_rng([7, index, attempt]))
+        entries += [e for e in context.split(builder.separator) if e and not set(e.split()) & said]
+        entries = list(dict.fromkeys(entries))
+        if len(entries) >= builder.distractors:
+            break
+    return builder.separator.join(entries[: builder.distractors])
+
+
 def context_manifests(out: Path, data_dir: Path, count: int) -> dict[str, Path]:
     """Per test set, its first `count` rows with a `context` and `keywords` column: "keyword" contexts hold a run
-    of the spoken digits among 3 distractors, "distractor" contexts only distractors (the training builder)."""
+    of the spoken digits among 3 distractors (the training builder), "distractor" contexts only runs of digits
+    that were not said."""
     import numpy as np
 
     from datamodules.context import ContextBuilder
@@ -112,7 +130,10 @@ def context_manifests(out: Path, data_dir: Path, count: int) -> dict[str, Path]:
             builder.bind(rows)
             written = []
             for index, row in enumerate(rows[:count]):
-                context, keywords = builder(rows, index, np.random.default_rng([7, index]))
+                if kind == "keyword":
+                    context, keywords = builder(rows, index, np.random.default_rng([7, index]))
+                else:
+                    context, keywords = unsaid_context(builder, rows, index), []
                 written.append({**row, "context": context, "keywords": keywords})
             manifests[f"{name}/{kind}"] = out / "eval_manifests" / f"{name}_{kind}.jsonl"
             manifests[f"{name}/{kind}"].parent.mkdir(parents=True, exist_ok=True)
@@ -193,8 +214,11 @@ def rl_conditions(manifests: dict[str, Path]) -> dict[str, dict]:
 
 def scored_stage(pipeline, name: str, conditions: dict, args) -> dict:
     """The stage `name`'s checkpoint decoded under `conditions` (its own resumable stage)."""
+    from research.digest import file_digest
+
     ckpt = pipeline.done[name]["ckpt"]
-    settings = {"conditions": {k: {**v, "manifest": str(v["manifest"])} for k, v in conditions.items()}}
+    described = {k: {**v, "manifest": file_digest(v["manifest"])} for k, v in conditions.items()}
+    settings = {"conditions": described}
     return pipeline.stage(
         f"eval_{name}",
         settings={**settings, "count": args.eval_count},
