@@ -1,13 +1,14 @@
-"""Codebook initialisation at the paper size (8 levels x 1,024 codes, dimension 1,024), in one run side by side:
-time to initialise all levels against the number of frames, and each level's quantization error (mean squared
-distance to the nearest code), for the RVQ's k-means and, with --old, the full k-means++ + 50 Lloyd iterations it
-replaced (re-implemented here).
+"""Tokenizer at paper size, in one run side by side: codebook initialisation (8 levels x 1,024 codes, dimension
+1,024) time against the number of frames and each level's quantization error (mean squared distance to the
+nearest code, over the frames' variance), for the RVQ's k-means and, with --old, the plain k-means++ + 50 Lloyd
+iterations it replaced (re-implemented here); with --step, also the generator training step against the public
+SpeechTokenizer (experiments.benchmarks.tokenizer.speed --generator-step, which says how to make it importable).
 
 Frames are real-ish: a random-weight paper-size SEANet encoder (with BiLSTM, as the codec's) run over FSDD speech
 (VOXLAB_MIRROR/fsdd, resampled to 16 kHz, clips concatenated into 8 s pieces), cached under
 runs/benchmarks/tokenizer_init/; each level initialises on what the previous levels leave, as in training.
 
-    python -m experiments.benchmarks.tokenizer.init_speed [--old] [--frames 900 4800 20000] [--quick]
+    python -m experiments.benchmarks.tokenizer.init_speed [--old] [--step] [--frames 900 4800 20000] [--quick]
 """
 
 from __future__ import annotations
@@ -110,38 +111,53 @@ def initialise_levels(frames: torch.Tensor, levels: int, codes: int, init) -> di
     return {"seconds": seconds, "errors": errors}
 
 
+def cell(result: dict | None, key: str, level: int = 0) -> str:
+    if result is None:
+        return "-"
+    return f"{result['seconds']:.1f}" if key == "seconds" else f"{result['errors'][level]:.3g}"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[900, 4800, 20000])
     parser.add_argument("--levels", type=int, default=8)
     parser.add_argument("--codes", type=int, default=1024)
+    parser.add_argument("--old", action="store_true", help="also the old k-means (about 12 min at 2 threads)")
     parser.add_argument(
-        "--old", action="store_true", help="also time the old k-means (about 10 min at 2 threads)"
+        "--step", action="store_true", help="also the generator step against the public model"
     )
-    parser.add_argument("--quick", action="store_true", help="900 and 2,400 frames, 2 levels (a smoke run)")
+    parser.add_argument("--rounds", type=int, default=2, help="--step: alternating rounds of 3 steps")
+    parser.add_argument("--quick", action="store_true", help="900 and 2,400 frames, 2 levels, 1 step round")
     parser.add_argument(
         "--mirror", type=Path, default=Path(os.environ.get("VOXLAB_MIRROR", "../shared/data"))
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.frames, args.levels = [900, 2400], 2
-    methods = {"new": new_kmeans, **({"old": old_kmeans} if args.old else {})}
+        args.frames, args.levels, args.rounds = [900, 2400], 2, 1
+    last = args.levels - 1
     print(
-        f"codebook init, {args.levels} levels x {args.codes} codes, dimension 1024, {torch.get_num_threads()} threads"
+        f"codebook initialisation, {args.levels} levels x {args.codes} codes, dimension 1024, "
+        f"{torch.get_num_threads()} threads; error: mean squared distance to the nearest code / frame variance"
     )
     print(
-        f"| frames | method | init (s) | level-1 error | level-{args.levels} error |\n|---|---|---|---|---|"
+        f"| frames | init new (s) | init old (s) | level-1 error new | old | level-{args.levels} error new | old |"
+        "\n|---|---|---|---|---|---|---|"
     )
     results = {}
     for count in args.frames:
         frames = speech_frames(count, args.mirror)
-        for name, init in methods.items():
-            result = results[(count, name)] = initialise_levels(frames, args.levels, args.codes, init)
-            errors = result["errors"]
-            print(
-                f"| {count:,} | {name} | {result['seconds']:.1f} | {errors[0]:.3e} | {errors[-1]:.3e} |",
-                flush=True,
-            )
+        new = initialise_levels(frames, args.levels, args.codes, new_kmeans)
+        old = initialise_levels(frames, args.levels, args.codes, old_kmeans) if args.old else None
+        results[count] = {"new": new, "old": old}
+        print(
+            f"| {count:,} | {cell(new, 'seconds')} | {cell(old, 'seconds')} | {cell(new, 'errors')} | "
+            f"{cell(old, 'errors')} | {cell(new, 'errors', last)} | {cell(old, 'errors', last)} |",
+            flush=True,
+        )
+    if args.step:
+        from experiments.benchmarks.tokenizer.speed import generator_step_comparison
+
+        results["step"] = generator_step_comparison(args.rounds, steps=1 if args.quick else 3)
     return results
 
 

@@ -3,14 +3,21 @@
 1. encode and decode real-time factor of SpeechTokenizer against encodec's EncodecModel and DAC at comparable
    size (random weights: timing does not depend on them);
 2. training-step time of the LightningModule against a plain PyTorch loop over the same modules and losses
-   (target: Lightning overhead <= 5%), each arm in its own process, alternating, with its peak memory.
+   (target: Lightning overhead <= 5%), each arm in its own process, alternating, with its peak memory;
+3. with --generator-step instead: the paper-size generator training step (2 x 3 s, no discriminator, no teacher)
+   against the public SpeechTokenizer's architecture rebuilt from its published base config with random weights
+   (goal: <= 0.8x its time), in the same alternating processes. That arm imports the `speechtokenizer` package,
+   which the project does not depend on; install it outside the repo and put it on PYTHONPATH:
+       pip install --no-deps --target /tmp/st_pkgs speechtokenizer beartype lion-pytorch
 
     python -m experiments.benchmarks.tokenizer.speed [--size cpu|paper] [--rounds 3]
+    PYTHONPATH=/tmp/st_pkgs python -m experiments.benchmarks.tokenizer.speed --generator-step [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import time
@@ -31,6 +38,27 @@ SIZES = {
     "paper": {"n_filters": 64, "dimension": 1024, "codebook_sizes": (1024,) * 8},
     "cpu": {"n_filters": 8, "dimension": 64, "lstm_layers": 1, "codebook_sizes": (256,) * 8},
 }
+
+
+# The public SpeechTokenizer's base config (its repository's config/spt_base_cfg.json): the same settings as
+# SIZES["paper"]; its trainer's generator losses are 500 x waveform L1, mel L1 at n_fft 1024/512/256/128 (hop 240
+# and window likewise halved, 80 mels) weighted 45/1/1/1, and 10 x commitment.
+PUBLIC_CONFIG = {
+    "n_filters": 64,
+    "strides": [8, 5, 4, 2],
+    "dimension": 1024,
+    "semantic_dimension": 768,
+    "bidirectional": True,
+    "dilation_base": 2,
+    "residual_kernel_size": 3,
+    "n_residual_layers": 1,
+    "lstm_layers": 2,
+    "activation": "ELU",
+    "codebook_size": 1024,
+    "n_q": 8,
+    "sample_rate": 16000,
+}
+GENERATOR_ARMS = ("ours_generator", "public_generator")
 
 
 def params_m(module: torch.nn.Module) -> float:
@@ -161,16 +189,136 @@ def run_arm(arm: str, size: str, steps: int, seconds: float, batch: int) -> dict
     }
 
 
+def ours_generator_step(data: dict):
+    from lit_modules.tokenizer import SpeechTokenizerModule
+    from research.tokenizer.codec import SpeechTokenizerCodec
+
+    module = SpeechTokenizerModule(
+        codec=SpeechTokenizerCodec(**SIZES["paper"], semantic_dim=768),
+        teacher=None,
+        loss_weights={"distillation": 0.0},
+        generator_optimizer=partial(torch.optim.Adam, lr=1e-4, betas=(0.9, 0.99)),
+    ).train()
+    (optimizer,) = module.configure_optimizers()
+
+    def step() -> None:
+        loss = module.generator_losses(data, module.codec(data["audio"]))["total"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        module.generator_steps += 1
+
+    return module.codec, step
+
+
+def public_generator_step(data: dict):
+    from speechtokenizer import SpeechTokenizer
+    from speechtokenizer.trainer.loss import mel_loss, recon_loss
+
+    model = SpeechTokenizer(PUBLIC_CONFIG).train()
+    # Its k-means init takes minutes on a CPU (an N x codes x dim tensor): start its codebooks from random
+    # encoder frames instead, counted live (EMA size 3 > its dead-code threshold 2) for the timed steps.
+    with torch.no_grad():
+        residual = model.encoder(data["audio"]).transpose(1, 2).reshape(-1, PUBLIC_CONFIG["dimension"])
+        for layer in model.quantizer.vq.layers:
+            book = layer._codebook
+            book.embed.copy_(residual[torch.randint(len(residual), (book.codebook_size,))])
+            book.cluster_size.fill_(3.0)
+            book.embed_avg.copy_(book.embed * 3.0)
+            book.inited.fill_(1.0)
+            residual = residual - book.embed[torch.cdist(residual, book.embed).argmin(-1)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.99))
+    scales = [
+        {"n_fft": 1024 // m, "hop_size": 240 // m, "win_size": 1024 // m, "num_mels": 80}
+        for m in (1, 2, 4, 8)
+    ]
+
+    def step() -> None:
+        x = data["audio"]
+        x_hat, commitment, _ = model(x)
+        mel = sum(
+            w * mel_loss(x, x_hat, sample_rate=16000, fmin=0, fmax=None, **scale)
+            for w, scale in zip((45, 1, 1, 1), scales, strict=True)
+        )
+        loss = 500 * recon_loss(x, x_hat) + mel + 10 * commitment
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return model, step
+
+
+def generator_arm(arm: str, steps: int, seconds: float, batch: int) -> dict:
+    torch.manual_seed(0)
+    data = random_audio_batch(seconds, batch)
+    model, step = (ours_generator_step if arm == "ours_generator" else public_generator_step)(data)
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    # the first step includes our k-means initialisation and allocator warm-up
+    return {
+        "arm": arm,
+        "params_m": params_m(model),
+        "step_s": statistics.median(times[1:]),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def generator_step_comparison(rounds: int, steps: int, seconds: float = 3.0, batch: int = 2) -> dict:
+    """Paper-size generator step, ours against the public model (when its package imports), alternating."""
+    arms = [
+        arm
+        for arm in GENERATOR_ARMS
+        if arm == "ours_generator" or importlib.util.find_spec("speechtokenizer")
+    ]
+    if len(arms) == 1:
+        print(
+            "public SpeechTokenizer arm skipped: the `speechtokenizer` package is not importable (see --help)"
+        )
+    results = alternate_arms(
+        "experiments.benchmarks.tokenizer.speed",
+        arms,
+        rounds,
+        ["--steps", str(steps), "--crop-seconds", str(seconds), "--batch", str(batch)],
+    )
+    step = {arm: statistics.median(r["step_s"] for r in runs) for arm, runs in results.items()}
+    rss = {arm: max(r["peak_rss_mb"] for r in runs) for arm, runs in results.items()}
+    print(
+        f"\ngenerator training step, paper size, batch {batch} x {seconds:g} s, no discriminator, "
+        f"{torch.get_num_threads()} threads, median of {steps} steps x {rounds} alternating rounds:"
+    )
+    print("| model | params (M) | step (s) | peak RSS (MB) |\n|---|---|---|---|")
+    for arm, runs in results.items():
+        print(f"| {arm} | {runs[0]['params_m']:.1f} | {step[arm]:.2f} | {rss[arm]:.0f} |")
+    if "public_generator" in step:
+        ratio = step["ours_generator"] / step["public_generator"]
+        print(f"ours / public step time: {ratio:.2f}x (goal <= 0.8x)")
+    return {"step_s": step, "peak_rss_mb": rss}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="cpu")
     parser.add_argument("--rounds", type=int, default=3, help="alternating Lightning / plain rounds")
-    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--steps", type=int, help="timed steps per arm (default 15; --generator-step: 3)")
     parser.add_argument("--crop-seconds", type=float, default=1.0)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rtf-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--generator-step",
+        action="store_true",
+        help="only the paper-size generator step against the public model",
+    )
     parser.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one training arm in this process
     args = parser.parse_args(argv)
+    args.steps = args.steps or (3 if args.generator_step else 15)
+    if args.arm in GENERATOR_ARMS:
+        print(json.dumps(generator_arm(args.arm, args.steps, args.crop_seconds, args.batch)))
+        return {}
+    if args.generator_step:
+        return generator_step_comparison(args.rounds, args.steps)
     if args.arm:
         print(json.dumps(run_arm(args.arm, args.size, args.steps, args.crop_seconds, args.batch)))
         return {}
