@@ -7,6 +7,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -54,6 +55,7 @@ def lightning_step_times(
     timer = _StepTimer()
     trainer = L.Trainer(
         max_steps=steps * optimizers,
+        default_root_dir=tempfile.mkdtemp(prefix="voxlab_timing_"),  # what a module writes at fit end goes there
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

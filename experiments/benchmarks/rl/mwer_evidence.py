@@ -115,7 +115,7 @@ def unsaid_context(builder, rows: list[dict], index: int) -> str:
 def context_manifests(out: Path, data_dir: Path, count: int) -> dict[str, Path]:
     """Per test set, its first `count` rows with a `context` and `keywords` column: "keyword" contexts hold a run
     of the spoken digits among 3 distractors (the training builder), "distractor" contexts only runs of digits
-    that were not said."""
+    that were not said, "oracle" contexts that true run alone (does the model read its context at all?)."""
     import numpy as np
 
     from datamodules.context import ContextBuilder
@@ -125,15 +125,16 @@ def context_manifests(out: Path, data_dir: Path, count: int) -> dict[str, Path]:
     for name, file in TEST_SETS.items():
         source = read_manifest(data_dir / file)
         rows = [{**row, "audio_filepath": str(source.audio_path(i))} for i, row in enumerate(source.rows)]
-        for kind, p_true in (("keyword", 1.0), ("distractor", 0.0)):
+        for kind, p_true in (("keyword", 1.0), ("distractor", 0.0), ("oracle", 1.0)):
             builder = ContextBuilder(mode="hotwords", p_true=p_true, ngram=(1, 3), distractors=3)
             builder.bind(rows)
             written = []
             for index, row in enumerate(rows[:count]):
-                if kind == "keyword":
-                    context, keywords = builder(rows, index, np.random.default_rng([7, index]))
-                else:
+                if kind == "distractor":
                     context, keywords = unsaid_context(builder, rows, index), []
+                else:  # the oracle context is the keyword context's true run alone
+                    context, keywords = builder(rows, index, np.random.default_rng([7, index]))
+                    context = " ".join(keywords) if kind == "oracle" else context
                 written.append({**row, "context": context, "keywords": keywords})
             manifests[f"{name}/{kind}"] = out / "eval_manifests" / f"{name}_{kind}.jsonl"
             manifests[f"{name}/{kind}"].parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +193,7 @@ def context_conditions(manifests: dict[str, Path], args, contexts: bool) -> dict
         conditions[f"{name}/none"] = {"manifest": manifests[f"{name}/keyword"]}
         if not contexts:
             continue
-        for kind in ("keyword", "distractor"):
+        for kind in ("keyword", "distractor", "oracle"):
             manifest = manifests[f"{name}/{kind}"]
             conditions[f"{name}/{kind}_plain"] = {"manifest": manifest, "context": True}
             conditions[f"{name}/{kind}_joint"] = {
@@ -247,9 +248,9 @@ def tables(records: dict[str, list[dict]], args) -> str:
         "digits among 3 distractors; joint search alpha "
         f"{args.context_weight}, top-{args.prune_top_k} pruning):",
         "",
-        "| arm, decoding | seeds | keyword recall test | keyword recall heldout | WER keyword ctx test | WER "
-        "distractor ctx test | WER distractor ctx heldout | WER no ctx test |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm, decoding | seeds | keyword recall test | keyword recall heldout | recall, true run alone, test | "
+        "WER keyword ctx test | WER distractor ctx test | WER distractor ctx heldout | WER no ctx test |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     rows = [("sft_more", "none", "no context")]
     rows += [
@@ -258,7 +259,7 @@ def tables(records: dict[str, list[dict]], args) -> str:
     ]
     for arm, kind, label in rows:
         if kind == "none":
-            recall = [column(arm, f"{s}/none/keyword_recall") for s in TEST_SETS]
+            recall = [column(arm, f"{s}/none/keyword_recall") for s in TEST_SETS] + ["–"]
             wers = [
                 column(arm, "test/none/wer"),
                 column(arm, "test/none/wer"),
@@ -266,6 +267,7 @@ def tables(records: dict[str, list[dict]], args) -> str:
             ]
         else:
             recall = [column(arm, f"{s}/keyword_{kind}/keyword_recall") for s in TEST_SETS]
+            recall.append(column(arm, f"test/oracle_{kind}/keyword_recall"))
             wers = [
                 column(arm, f"test/keyword_{kind}/wer"),
                 column(arm, f"test/distractor_{kind}/wer"),
