@@ -55,7 +55,8 @@ def lightning_step_times(
     timer = _StepTimer()
     trainer = L.Trainer(
         max_steps=steps * optimizers,
-        default_root_dir=tempfile.mkdtemp(prefix="voxlab_timing_"),  # what a module writes at fit end goes there
+        # what a module writes at fit end (an adapter export) goes there, not into the working directory
+        default_root_dir=tempfile.mkdtemp(prefix="voxlab_timing_"),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
