@@ -365,8 +365,15 @@ class SpeechLLM(nn.Module):
             Hypothesis(text.strip(), float(score), row[: row.index(eos)] if eos in row else row, eos in row)
             for text, score, row in zip(texts, scores, rows, strict=True)
         ]
+        # a pruned search can have fewer live candidates than beams: transformers fills the beam with copies
+        # scored -1e9, whose transition scores do not show it; they are left out (an item may get fewer than nbest)
+        beam_scores = getattr(out, "sequences_scores", None)
+        live = [True] * len(hypotheses) if beam_scores is None else (beam_scores > -1e8).tolist()
         return [
-            sorted(hypotheses[i : i + nbest], key=lambda h: -h.score)
+            sorted(
+                (h for h, ok in zip(hypotheses[i : i + nbest], live[i : i + nbest], strict=True) if ok),
+                key=lambda h: -h.score,
+            )
             for i in range(0, len(hypotheses), nbest)
         ]
 
