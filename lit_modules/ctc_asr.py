@@ -1,8 +1,9 @@
 """CTC speech recognition: training, greedy decoding, WER/CER on validation and every test set.
 
 Also the fine-tuning stage for pretrained encoders (LUISE SFT): `encoder_lr_scale` scales the encoder's learning
-rate, `freeze_encoder_steps` keeps it frozen for the first N optimizer steps and `reset_encoder_layers`
-re-initialises its top layers.
+rate, `encoder_layer_decay` decays it layer by layer below the top (layer-wise LR decay), `freeze_encoder_steps`
+keeps it frozen for the first N optimizer steps and `reset_encoder_layers` re-initialises its top layers;
+`scheduler.name=tri_stage` is wav2vec 2.0's warm-up / hold / exponential-decay schedule.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class CTCASRModule(PerTestSetEvaluation, L.LightningModule):
         optimizer: partial,
         scheduler: dict | None = None,
         encoder_lr_scale: float = 1.0,
+        encoder_layer_decay: float = 1.0,
         freeze_encoder_steps: int = 0,
         reset_encoder_layers: int = 0,
         log_examples: int = 4,
@@ -147,6 +149,21 @@ class CTCASRModule(PerTestSetEvaluation, L.LightningModule):
         encoder_ids = {id(p) for p in encoder_params}
         other_params = [p for p in self.parameters() if id(p) not in encoder_ids]
         optimizer = self.optimizer_factory(other_params)
-        base_lr = optimizer.param_groups[0]["lr"]
-        optimizer.add_param_group({"params": encoder_params, "lr": base_lr * self.hparams.encoder_lr_scale})
+        base_lr = optimizer.param_groups[0]["lr"] * self.hparams.encoder_lr_scale
+        for params, depth_below_top in self.encoder_depths():
+            lr = base_lr * self.hparams.encoder_layer_decay**depth_below_top
+            optimizer.add_param_group({"params": params, "lr": lr})
         return optimizers_with_schedule(optimizer, self.scheduler, self.trainer.estimated_stepping_batches)
+
+    def encoder_depths(self) -> list[tuple[list[nn.Parameter], int]]:
+        """Encoder parameters grouped for layer-wise LR decay (BEiT / data2vec fine-tuning): the top Conformer
+        layer at depth 0 below the top, each layer below one more, the subsampling front end last. Without
+        decay, one group."""
+        encoder = self.net.encoder
+        if self.hparams.encoder_layer_decay == 1.0:
+            return [(list(encoder.parameters()), 0)]
+        layers = list(encoder.conformer.conformer_layers)
+        grouped = [(list(layer.parameters()), len(layers) - 1 - index) for index, layer in enumerate(layers)]
+        in_layers = {id(p) for params, _ in grouped for p in params}
+        front = [p for p in encoder.parameters() if id(p) not in in_layers]
+        return [*grouped, (front, len(layers))]
