@@ -245,7 +245,7 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
             metrics[name].update(hypotheses, references)
             self.log(f"{prefix}/{name}", metrics[name], batch_size=size, add_dataloader_idx=False)
         if "keywords" in batch:
-            keywords = [self.normalize(" ".join(batch["keywords"][i])).split() for i in kept]
+            keywords = [self.keywords(batch, i) for i in kept]
             metrics["keyword_recall"].update(hypotheses, references, keywords)
             self.log(
                 f"{prefix}/keyword_recall",
@@ -253,6 +253,10 @@ class AcLLMModule(PerTestSetEvaluation, L.LightningModule):
                 batch_size=size,
                 add_dataloader_idx=False,
             )
+
+    def keywords(self, batch: dict, index: int) -> list[str]:
+        """Item `index`'s keywords, normalised as the transcripts are (none without context data)."""
+        return self.normalize(" ".join(batch["keywords"][index])).split() if "keywords" in batch else []
 
     def configure_optimizers(self) -> dict:
         trainable = [p for p in self.parameters() if p.requires_grad]

@@ -76,9 +76,6 @@ class MWERModule(AcLLMModule):
         valid_mask = torch.tensor(valid, device=sums.device).view(len(hypotheses), nbest)
         return sums[:, :-1], valid_mask, reference_ce
 
-    def keywords(self, batch: dict, index: int) -> list[str]:
-        return self.normalize(" ".join(batch["keywords"][index])).split() if "keywords" in batch else []
-
     def errors(self, hypotheses, references, keywords, weight: float) -> torch.Tensor:
         """(B, N) word errors of each hypothesis (0 where beam search returned fewer than N)."""
         table = torch.zeros(len(hypotheses), self.hparams.nbest, dtype=torch.float64)

@@ -181,7 +181,7 @@ def test_training_epochs_differ_under_lightning_and_validation_stays_fixed(tmp_p
 
     class Epochs(torch.utils.data.Dataset):
         def __init__(self):
-            self.epoch, self.seen = 0, []
+            self.epoch = 0
 
         def set_epoch(self, epoch):
             self.epoch = epoch
@@ -209,15 +209,20 @@ def test_training_epochs_differ_under_lightning_and_validation_stays_fixed(tmp_p
         sampler = DurationBucketBatchSampler([1.0] * 8, shuffle=shuffle, seed=0, batch_size=4, num_buckets=1)
         return ResumableDataLoader(Epochs(), batch_sampler=sampler, advance_epochs=shuffle)
 
-    module, train = Record(), loader(True)
-    L.Trainer(
-        max_epochs=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    ).fit(module, train)
+    def fit(**limits) -> Record:
+        module = Record()
+        L.Trainer(
+            max_epochs=3,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+            **limits,
+        ).fit(module, loader(True))
+        return module
+
+    module = fit()
     epochs = [int(batch[0][1]) for batch in module.batches]
     assert epochs == [0, 0, 1, 1, 2, 2]
     orders = [sorted(int(i) for b in module.batches[e * 2 : e * 2 + 2] for i, _ in b) for e in range(3)]
@@ -225,16 +230,7 @@ def test_training_epochs_differ_under_lightning_and_validation_stays_fixed(tmp_p
     assert [[int(i) for i, _ in b] for b in module.batches[:2]] != [
         [int(i) for i, _ in b] for b in module.batches[2:4]
     ]
-    cut = Record()  # passes cut short by limit_train_batches are epochs too
-    L.Trainer(
-        max_epochs=3,
-        limit_train_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    ).fit(cut, loader(True))
+    cut = fit(limit_train_batches=1)  # passes cut short by limit_train_batches are epochs too
     assert [int(batch[0][1]) for batch in cut.batches] == [0, 1, 2]
     val = loader(False)
     assert [b.tolist() for b in val] == [b.tolist() for b in val]  # validation: the same batches every pass

@@ -61,6 +61,11 @@ class Pipeline:
             f"pipeline run {self.run_id}: {'FAILED' if error_type else 'done'}; stages {', '.join(self.done)}"
         )
 
+    def publish(self, text: str, name: str) -> None:
+        """A report of the pipeline: `<out>/<name>` and an artifact of its MLflow run."""
+        (self.out / name).write_text(text)
+        tracking.client().log_text(self.run_id, text, name)
+
     def digest(self, settings: Any, reads: Iterable[str]) -> str:
         return config_hash({"settings": settings, "upstream": {k: self.done[k]["hash"] for k in reads}})
 

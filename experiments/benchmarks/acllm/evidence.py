@@ -119,7 +119,9 @@ def audio_dependence(ckpt: str, manifest: Path, count: int = 96, batch_size: int
     return {name: statistics.mean(values) for name, values in losses.items()}
 
 
-def cell(values: list[float]) -> str:
+def cell(values: list[float | None]) -> str:
+    """mean ± sd of the values given (None: not measured)."""
+    values = [v for v in values if v is not None]
     if not values:
         return "–"
     if len(values) == 1:
@@ -205,8 +207,7 @@ def main(argv: list[str] | None = None) -> str:
             f"recogniser ({args.ctc_steps} steps); LM: text_lm/sentences ({args.lm_steps} steps). Wall time "
             f"{(time.perf_counter() - start) / 60:.1f} min.\n"
         )
-        (args.out / "evidence.md").write_text(report)
-        tracking.client().log_text(pipeline.run_id, report, "evidence.md")
+        pipeline.publish(report, "evidence.md")
     print(report)
     return report
 

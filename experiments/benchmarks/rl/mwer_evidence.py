@@ -25,7 +25,7 @@ import statistics
 import time
 from pathlib import Path
 
-from experiments.core import tracking
+from experiments.benchmarks.acllm.evidence import cell, hf_dir
 from experiments.core.stages import Pipeline
 from experiments.core.tracking import ROOT
 
@@ -46,10 +46,6 @@ LABELS = {
     "mwer": "MWER (4-best, plain WER)",
     "mwer_weighted": "MWER, keyword errors x3",
 }
-
-
-def hf_dir(record: dict) -> Path:
-    return Path(record["ckpt"]).parent.parent / "hf"
 
 
 def upstream(pipeline: Pipeline, args: argparse.Namespace) -> dict[str, Path]:
@@ -228,15 +224,6 @@ def scored_stage(pipeline, name: str, conditions: dict, args) -> dict:
     )
 
 
-def cell(values: list[float]) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
 def tables(records: dict[str, list[dict]], args) -> str:
     """The context table and the RL table from the evaluation records of each arm (one per seed)."""
 
@@ -379,8 +366,7 @@ def main(argv: list[str] | None = None) -> str:
                     scored_stage(pipeline, f"{arm}_seed{seed}", rl_conditions(manifests), args)
                 )
         report = f"{tables(records, args)}\n\nWall time {(time.perf_counter() - start) / 60:.1f} min.\n"
-        (args.out / "evidence.md").write_text(report)
-        tracking.client().log_text(pipeline.run_id, report, "evidence.md")
+        pipeline.publish(report, "evidence.md")
     print(report)
     return report
 
