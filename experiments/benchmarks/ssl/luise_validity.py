@@ -77,8 +77,9 @@ def mean_sd(values: list[float]) -> str:
     return f"{values.mean():.3f} ± {values.std():.3f}" if len(values) > 1 else f"{values.mean():.3f}"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
+    """The pretraining settings (iteration 1, probe, labels, iteration 2) shared by the LUISE benchmarks, so they
+    resume each other's pretraining stages from the same `--out`."""
     parser.add_argument("--pretrain-steps", type=int, default=2000, help="steps of iteration 1")
     parser.add_argument("--iter2-steps", type=int, default=1000, help="steps of iteration 2")
     parser.add_argument(
@@ -87,8 +88,6 @@ def main(argv: list[str] | None = None) -> dict:
         default=5e-4,
         help="peak LR of iteration 2 (from iteration 1; before the SFT eval-mode fix: WER 0.176 at 2e-3, 0.160 at 5e-4)",
     )
-    parser.add_argument("--sft-steps", type=int, default=600, help="CTC fine-tuning steps of both arms")
-    parser.add_argument("--sft-fraction", type=float, default=0.1)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument(
         "--layer", type=int, help="iteration-1 layer for k-means (default: chosen by the pipeline)"
@@ -99,6 +98,47 @@ def main(argv: list[str] | None = None) -> dict:
         default="iter1",
         help="iteration 2 starts from iteration 1 or anew",
     )
+    parser.add_argument("--probe-steps", type=int, default=200)
+    parser.add_argument("--probe-train-limit", type=int, default=200)
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
+    parser.add_argument(
+        "--seed", type=int, default=12345, help="the training seed (the quantizer's seed too)"
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "luise_validity")
+
+
+def pretraining_arguments(args: argparse.Namespace) -> list[str]:
+    """`python -m experiments.pipeline` arguments of the pretraining stages (no SFT)."""
+
+    def pretrain(steps: int) -> list[str]:
+        return [f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(1, steps // 2)}"]
+
+    return [
+        "luise",
+        "--out",
+        str(args.out),
+        "--k",
+        str(args.k),
+        "--data-dir",
+        str(args.data_dir),
+        "--probe-steps",
+        str(args.probe_steps),
+        "--probe-train-limit",
+        str(args.probe_train_limit),
+        *(["--iter2-init-from-iter1"] if args.iter2_init == "iter1" else []),
+        *(["--layer", str(args.layer)] if args.layer is not None else []),
+        "--common",
+        f"seed={args.seed}",
+        *("--iter1", *pretrain(args.pretrain_steps)),
+        *("--iter2", *pretrain(args.iter2_steps), f"model.optimizer.lr={args.iter2_lr}"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_pretraining_arguments(parser)
+    parser.add_argument("--sft-steps", type=int, default=600, help="CTC fine-tuning steps of both arms")
+    parser.add_argument("--sft-fraction", type=float, default=0.1)
     parser.add_argument("--sft-overrides", nargs="*", default=[], help="Hydra overrides for both SFT arms")
     parser.add_argument(
         "--sft-seeds",
@@ -107,38 +147,11 @@ def main(argv: list[str] | None = None) -> dict:
         default=[],
         help="fine-tune both arms again with these seeds (about 13 min each) and report mean and spread",
     )
-    parser.add_argument("--probe-steps", type=int, default=200)
-    parser.add_argument("--probe-train-limit", type=int, default=200)
-    parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
-    parser.add_argument(
-        "--seed", type=int, default=12345, help="the training seed (the quantizer's seed too)"
-    )
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "luise_validity")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-
-    def pretrain(steps: int) -> list[str]:
-        return [f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(1, steps // 2)}"]
-
     run_pipeline(
         [
-            "luise",
-            "--out",
-            str(args.out),
-            "--k",
-            str(args.k),
-            "--data-dir",
-            str(args.data_dir),
-            "--probe-steps",
-            str(args.probe_steps),
-            "--probe-train-limit",
-            str(args.probe_train_limit),
-            *(["--iter2-init-from-iter1"] if args.iter2_init == "iter1" else []),
-            *(["--layer", str(args.layer)] if args.layer is not None else []),
-            "--common",
-            f"seed={args.seed}",
-            *("--iter1", *pretrain(args.pretrain_steps)),
-            *("--iter2", *pretrain(args.iter2_steps), f"model.optimizer.lr={args.iter2_lr}"),
+            *pretraining_arguments(args),
             "--sft",
             f"data.train_fraction={args.sft_fraction}",
             f"trainer.max_steps={args.sft_steps}",

@@ -51,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sft-seeds", nargs="*", type=int, default=[], help="repeat SFT (and its baseline) with these seeds"
     )
+    parser.add_argument(
+        "--sft-name",
+        default="",
+        help="suffix of the SFT stages' names (e.g. _f0.01): several SFT settings side by side in one --out",
+    )
 
 
 def sft_seeds(extra: list[int]) -> list[tuple[str, list[str]]]:
@@ -155,7 +160,7 @@ def run(pipeline, args: argparse.Namespace) -> None:
     for suffix, reseed in sft_seeds(args.sft_seeds):
         sft = [*common, *args.sft, *reseed]
         pipeline.train_stage(
-            f"sft{suffix}",
+            f"sft{args.sft_name}{suffix}",
             ["experiment=ssl/luise_sft", f"model.net.encoder.ckpt_path={iter2['ckpt']}", *sft],
             reads=("iter2",),
         )
@@ -163,5 +168,5 @@ def run(pipeline, args: argparse.Namespace) -> None:
             args.sft_baseline
         ):  # the same encoder and data from random initialisation, the CTC baseline's recipe
             pipeline.train_stage(
-                f"sft_scratch{suffix}", ["experiment=asr/ctc_digits", "task_name=luise", *sft]
+                f"sft_scratch{args.sft_name}{suffix}", ["experiment=asr/ctc_digits", "task_name=luise", *sft]
             )
