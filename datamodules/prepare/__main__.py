@@ -9,6 +9,7 @@ from datamodules.prepare import (
     prepare_connected_digits,
     prepare_folder,
     prepare_fsdd,
+    prepare_fsdd_captions,
     prepare_librispeech,
     prepare_spoken_sentences,
 )
@@ -17,7 +18,7 @@ from datamodules.prepare import (
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m datamodules.prepare")
     sub = parser.add_subparsers(dest="dataset", required=True)
-    for name in ("fsdd", "connected-digits"):
+    for name in ("fsdd", "fsdd-captions", "connected-digits"):
         p = sub.add_parser(name)
         p.add_argument("--out", required=True, help="output folder for manifests (and generated audio)")
         p.add_argument("--mirror", help="folder holding fsdd/ (default: $VOXLAB_MIRROR)")
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.dataset == "fsdd":
         result = prepare_fsdd(out_dir=args.out, mirror=args.mirror, download=args.download)
+    elif args.dataset == "fsdd-captions":
+        result = prepare_fsdd_captions(out_dir=args.out, mirror=args.mirror, download=args.download)
     elif args.dataset == "connected-digits":
         result = prepare_connected_digits(
             out_dir=args.out,
