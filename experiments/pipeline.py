@@ -2,7 +2,8 @@
 
 Every stage is a child MLflow run of one pipeline run; a stage whose settings and inputs are unchanged and
 whose outputs exist is skipped, so an interrupted or failed pipeline resumes where it stopped. Pipelines:
-`luise` (iteration 1 -> probe -> labels -> iteration 2 -> probe -> SFT). `<name> --help` lists its options;
+`luise` (iteration 1 -> probe -> labels -> iteration 2 -> probe -> SFT), `crpo` (text-to-audio SFT -> reward ->
+iterations of generate, score, pair and train). `<name> --help` lists its options;
 trailing Hydra overrides apply to every training stage.
 """
 

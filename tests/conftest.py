@@ -17,6 +17,16 @@ from torch.utils.data import DataLoader, Dataset
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("VOXLAB_MIRROR", REPO.parent / "shared" / "data"))
 TINY_COUNTS = "{train: 48, val: 16, test: 16, test_heldout: 16}"
+# a text-to-audio model (model/t2a.yaml) small enough for a test
+TINY_T2A = [
+    "model.net.generator.d_model=32",
+    "model.net.generator.num_layers=1",
+    "model.net.generator.num_heads=2",
+    "model.net.conditioner.d_model=16",
+    "model.net.conditioner.num_layers=1",
+    "model.net.conditioner.num_heads=2",
+    "model.net.conditioner.ffn_dim=32",
+]
 
 TINY_MODEL = [
     "model.net.encoder.d_model=32",

@@ -7,8 +7,10 @@ import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from datamodules.audio_datamodule import AudioDataModule
+from datamodules.preferences import PreferenceDataModule
 from datamodules.text_datamodule import TextDataModule
 from experiments.core.checkpoints import load_checkpoint
 from experiments.core.cli import experiment_names
@@ -16,6 +18,7 @@ from experiments.core.compose import compose_config
 from lit_modules.text_lm import TextLMModule
 from research.acllm.text_lm import train_tokenizer
 from research.encoder import ConformerEncoder
+from tests.conftest import TINY_T2A
 
 CPU_TRAINER = [
     "trainer.accelerator=cpu",
@@ -81,12 +84,17 @@ def test_the_list_of_experiments_is_the_documented_one():
         "acllm/units_lora",
         "asr/ctc_digits",
         "asr/ctc_sentences",
+        "reward/clap_digits",
+        "rl/crpo_digits",
         "rl/mwer_digits",
         "rl/mwer_sentences",
         "rl/mwer_sentences_weighted",
         "ssl/luise_iter1",
         "ssl/luise_iter2",
         "ssl/luise_sft",
+        "t2a/flow_digits",
+        "t2a/paper",
+        "t2a/tokens_to_mel",
         "text_lm/sentences",
         "tokenizer/baichuan",
         "tokenizer/cpu",
@@ -96,14 +104,57 @@ def test_the_list_of_experiments_is_the_documented_one():
     ]
 
 
+@pytest.fixture(scope="session")
+def tiny_codec_checkpoint(tmp_path_factory):
+    """A tiny randomly initialised SpeechTokenizer codec checkpoint: the tokenizer the t2a experiments load."""
+    from tests.test_t2a import write_tiny_codec_checkpoint
+
+    return write_tiny_codec_checkpoint(tmp_path_factory.mktemp("codec") / "tokenizer.ckpt")
+
+
+@pytest.fixture(scope="session")
+def tiny_t2a_checkpoint(tmp_path_factory):
+    """A tiny text-to-audio model (experiment=t2a/flow_digits) saved as experiments.train would: CRPO's policy."""
+    overrides = ["experiment=t2a/flow_digits", *TINY_T2A]
+    model = compose_config(overrides).model
+    net = instantiate(model.net)
+    path = tmp_path_factory.mktemp("t2a") / "t2a.ckpt"
+    state = {f"net.{key}": value for key, value in net.state_dict().items()}
+    config = {"model": OmegaConf.to_container(model, resolve=True)}
+    torch.save({"voxlab_config": config, "state_dict": state}, path)
+    return path
+
+
+def t2a_overrides(name: str, codec_ckpt, text_encoder_dir, t2a_ckpt=None) -> list[str]:
+    """The tokenizer (codes, latents), text encoder directory (paper) and policy (CRPO) the text-to-audio
+    experiments load."""
+    return {
+        "rl/crpo_digits": [f"model.net.ckpt_path={t2a_ckpt}", "data.train_manifest=pairs.jsonl"],
+        "t2a/tokens_to_mel": [f"tokenizer.ckpt_path={codec_ckpt}"],
+        "t2a/paper": [
+            f"tokenizer.ckpt_path={codec_ckpt}",
+            f"model.net.conditioner.model_dir={text_encoder_dir}",
+            "model.net.representation.seconds=1.0",
+        ],
+    }.get(name, [])
+
+
 @pytest.mark.parametrize("name", experiment_names())
 def test_every_experiment_builds_model_data_and_trainer(
-    name, tiny_ctc_checkpoint, tiny_hubert_dir, tiny_llm_dir, tiny_acllm_checkpoint, tmp_path
+    name,
+    tiny_ctc_checkpoint,
+    tiny_hubert_dir,
+    tiny_llm_dir,
+    tiny_acllm_checkpoint,
+    tiny_codec_checkpoint,
+    tiny_t2a_checkpoint,
+    tmp_path,
 ):
     overrides = [
         f"experiment={name}",
         f"paths.output_dir={tmp_path}",
         *upstream_overrides(name, tiny_ctc_checkpoint, tiny_hubert_dir, tiny_llm_dir, tiny_acllm_checkpoint),
+        *t2a_overrides(name, tiny_codec_checkpoint, tiny_llm_dir, tiny_t2a_checkpoint),
     ]
     cfg = compose_config(overrides)
     assert cfg.experiment_name == name and cfg.component == name.split("/")[0]
@@ -113,7 +164,7 @@ def test_every_experiment_builds_model_data_and_trainer(
         model.build(train_tokenizer(["a few words of text"], vocab_size=300))
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
     datamodule = instantiate(cfg.data)
-    assert isinstance(datamodule, AudioDataModule | TextDataModule)
+    assert isinstance(datamodule, AudioDataModule | TextDataModule | PreferenceDataModule)
     trainer = instantiate(compose_config([*overrides, *CPU_TRAINER]).trainer, logger=False)
     assert trainer.max_steps > 0
     if name == "ssl/luise_sft":  # the fine-tuned encoder is the upstream one, with its weights

@@ -13,12 +13,14 @@ the loser, and both errors can grow together.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 # (x0, noise, t) -> per-sample flow-matching error (B,); the caller binds its model, condition and mask
 ErrorFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -135,3 +137,66 @@ def paired_errors(
     with torch.no_grad():
         reference_w, reference_l = reference(both, noise2, t2).chunk(2)
     return policy_w, policy_l, reference_w, reference_l
+
+
+def sample_seed(seed: int, iteration: int, caption: str, round_: int, sample: int) -> int:
+    """The seed of one candidate: stable across runs and processes (not Python's salted hash), different for every
+    prompt, round, sample and iteration, independent of the order in which prompts are generated."""
+    key = f"{seed}/{iteration}/{caption}/{round_}/{sample}".encode()
+    return int.from_bytes(hashlib.sha1(key).digest()[:4], "big") & 0x7FFFFFFF
+
+
+@dataclass
+class Candidates:
+    """N candidates for each of P prompts: `latents` (P, N, C, T), `audio` (P, N, 1, samples), `scores` (P, N),
+    `seeds` (P, N)."""
+
+    prompts: list[Mapping]
+    latents: Tensor
+    audio: Tensor
+    scores: Tensor
+    seeds: list[list[int]]
+
+
+@torch.no_grad()
+def generate_candidates(
+    policy: nn.Module,
+    reward: Callable[[Tensor, Tensor, Sequence[Mapping]], Tensor],
+    prompts: Sequence[Mapping],
+    seeds: Sequence[Sequence[int]],
+    *,
+    steps: int | None = None,
+    guidance: float | None = None,
+    batch_size: int = 50,
+    progress: str | None = None,
+) -> Candidates:
+    """Generate one sample per seed of each prompt (`seeds[p]`, N each) with a `TextToAudio` policy in eval mode,
+    decode it and score it with `reward(audio, audio_lens, prompts)` (a batch at a time)."""
+    samples = len(seeds[0])
+    if len(seeds) != len(prompts) or any(len(row) != samples for row in seeds):
+        raise ValueError("give N seeds for each prompt")
+    flat = [(p, s) for p, row in enumerate(seeds) for s in row]
+    was_training = policy.training
+    policy.eval()
+    latents, audio, scores = [], [], []
+    chunks = range(0, len(flat), batch_size)
+    for start in tqdm(chunks, desc=progress, disable=progress is None):
+        chunk = flat[start : start + batch_size]
+        chunk_prompts = [prompts[p] for p, _ in chunk]
+        x = policy.sample(
+            [prompt["caption"] for prompt in chunk_prompts], [s for _, s in chunk], steps, guidance
+        )
+        wave = policy.decode(x)
+        lens = torch.full((len(chunk),), wave.shape[-1], dtype=torch.long, device=wave.device)
+        latents.append(x.cpu())
+        audio.append(wave.cpu())
+        scores.append(reward(wave, lens, chunk_prompts).float().cpu())
+    policy.train(was_training)
+    shape = (len(prompts), samples)
+    return Candidates(
+        prompts=list(prompts),
+        latents=torch.cat(latents).reshape(*shape, *latents[0].shape[1:]),
+        audio=torch.cat(audio).reshape(*shape, *audio[0].shape[1:]),
+        scores=torch.cat(scores).reshape(shape),
+        seeds=[list(row) for row in seeds],
+    )

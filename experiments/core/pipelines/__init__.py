@@ -3,4 +3,5 @@ imports only, so `--help` answers at once) and `run(args)`."""
 
 PIPELINES = {
     "luise": "experiments.core.pipelines.luise",
+    "crpo": "experiments.core.pipelines.crpo",
 }
