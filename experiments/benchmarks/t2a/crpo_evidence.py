@@ -46,7 +46,8 @@ SETS = ("test", "train")
 
 
 def shared_arguments(args: argparse.Namespace) -> list[str]:
-    return ["crpo", "--out", str(args.out / "shared"), "--data-dir", str(args.data_dir)]
+    shared = ["--common", *args.shared] if args.shared else []
+    return ["crpo", "--out", str(args.out / "shared"), "--data-dir", str(args.data_dir), *shared]
 
 
 def arm_arguments(args: argparse.Namespace, arm: str, seed: int, shared: dict) -> list[str]:
@@ -59,7 +60,9 @@ def arm_arguments(args: argparse.Namespace, arm: str, seed: int, shared: dict) -
         "--policy-ckpt", shared["sft"]["ckpt"],
         "--reward-ckpt", best_checkpoint(shared["reward"]),
         "--common", f"seed={seed}", *args.common,
-        "--crpo", f"crpo.seed={seed}", *args.crpo,
+        "--crpo", f"crpo.seed={seed}", f"crpo.rounds={args.rounds}", f"crpo.sampler_steps={args.sampler_steps}",
+        f"crpo.guidance={args.guidance}", f"trainer.max_steps={args.train_steps}",
+        f"trainer.val_check_interval={args.train_steps}", *args.crpo,
     ]  # fmt: skip
 
 
@@ -170,7 +173,8 @@ def evaluate_stage(pipeline: Pipeline, name: str, ckpt: str, judges: Judges, arg
     settings = {
         "ckpt": ckpt,
         "samples": args.eval_samples,
-        "steps": args.eval_steps,
+        "steps": args.sampler_steps,
+        "guidance": args.guidance,
         "judge": args.judge_steps,
     }
 
@@ -185,7 +189,10 @@ def evaluate_stage(pipeline: Pipeline, name: str, ckpt: str, judges: Judges, arg
             audio = torch.cat(
                 [
                     policy.generate(
-                        [p["caption"] for p in repeated[i : i + 64]], seeds[i : i + 64], args.eval_steps
+                        [p["caption"] for p in repeated[i : i + 64]],
+                        seeds[i : i + 64],
+                        args.sampler_steps,
+                        args.guidance,
                     )
                     for i in range(0, len(repeated), 64)
                 ]
@@ -227,13 +234,28 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
-    parser.add_argument("--eval-samples", type=int, default=8, help="samples per evaluated caption")
-    parser.add_argument("--eval-steps", type=int, default=25, help="Euler steps of the evaluation samples")
+    parser.add_argument("--eval-samples", type=int, default=4, help="samples per evaluated caption")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="candidate sets per training caption and iteration"
+    )
+    parser.add_argument(
+        "--sampler-steps", type=int, default=10, help="Euler steps (candidates and evaluation)"
+    )
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=2.0,
+        help="guidance scale (candidates and evaluation); at CPU size 4.5 (TangoFlux) over-saturates the samples",
+    )
+    parser.add_argument("--train-steps", type=int, default=60, help="CRPO (or SFT) steps per iteration")
     parser.add_argument(
         "--judge-steps", type=int, default=1500, help="training steps of the judge recognizer"
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--shared", nargs="*", default=[], help="Hydra overrides for the SFT and reward stages"
+    )
     parser.add_argument("--common", nargs="*", default=[], help="Hydra overrides for every arm's training")
     parser.add_argument("--crpo", nargs="*", default=[], help="Hydra overrides for generation and CRPO")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
@@ -246,17 +268,18 @@ def main(argv: list[str] | None = None) -> str:
     shared = {name: json.loads((stages / f"{name}.json").read_text()) for name in ("sft", "reward")}
     jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
     with Pipeline("crpo_evidence", args.out / "judged", experiment="crpo") as pipeline:
-        judge = pipeline.train_stage(
-            "judge",
-            [
-                "experiment=asr/ctc_digits",
-                "task_name=crpo_judge",
-                f"paths.data_dir={args.data_dir}",
-                f"trainer.max_steps={args.judge_steps}",
-            ],
-        )
         with ThreadPoolExecutor(args.workers) as pool:
             futures = [pool.submit(run_arm, args, arm, seed, shared) for arm, seed in jobs]
+            judge = pipeline.train_stage(  # meanwhile, in this process
+                "judge",
+                [
+                    "experiment=asr/ctc_digits",
+                    "task_name=crpo_judge",
+                    f"paths.data_dir={args.data_dir}",
+                    f"trainer.max_steps={args.judge_steps}",
+                    *args.shared,
+                ],
+            )
             judges = Judges(args, shared, best_checkpoint(judge))
             results = {"sft": evaluate_stage(pipeline, "sft", shared["sft"]["ckpt"], judges, args)["scores"]}
             for future, (arm, seed) in zip(futures, jobs, strict=True):

@@ -243,6 +243,7 @@ def run(pipeline, args: argparse.Namespace) -> None:
                 *args.sft,
                 *start_from(ckpt),
                 f"trainer.max_steps={cfg.trainer.max_steps}",
+                f"trainer.val_check_interval={cfg.trainer.val_check_interval}",
                 f"model.optimizer.lr={cfg.model.optimizer.lr}",
                 f"model.scheduler.warmup_steps={cfg.model.scheduler.warmup_steps}",
                 f"model.scheduler.min_ratio={cfg.model.scheduler.min_ratio}",
