@@ -85,7 +85,7 @@ class CRPOModule(FlowMatchingModule):
 
     @torch.no_grad()
     def log_examples(self, batch: dict) -> None:
-        captions = list(batch["caption"])[: self.hparams.log_examples]
+        captions = list(self.hparams.example_captions or batch["caption"])[: self.hparams.log_examples]
         if not captions:
             return
         seeds = [self.hparams.val_seed + i for i in range(len(captions))]

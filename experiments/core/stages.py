@@ -28,6 +28,18 @@ def config_hash(settings: object) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def file_identity(path: str | Path) -> str:
+    """A file's identity for a stage hash: its resolved path, size and modification time, so a file rewritten in
+    place (a retrained checkpoint at the same path) counts as changed."""
+    stat = Path(path).resolve().stat()
+    return f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def external_record(path: str | Path) -> dict:
+    """The record of an input given from outside the pipeline (a checkpoint), for stages that read it."""
+    return {"ckpt": str(path), "hash": config_hash(file_identity(path)), "run_id": None}
+
+
 class Pipeline:
     """`with Pipeline("luise", out) as pipeline: pipeline.stage(...)`; the records of finished stages are in
     `pipeline.done` (name -> record, each with its `hash` and `run_id`)."""

@@ -36,12 +36,13 @@ from pathlib import Path
 import torch
 
 from experiments.benchmarks.ssl.luise_validity import mean_sd
-from experiments.core.stages import Pipeline
+from experiments.core.stages import Pipeline, file_identity
 from experiments.core.tracking import ROOT
 from experiments.pipeline import main as run_pipeline
 
 ARMS = ("crpo", "static", "random", "sft_only")
 JUDGES = ("reward", "digit_accuracy", "speaker_accuracy", "frechet")
+UNSEEN_BY_JUDGE = 10  # FSDD recordings 0-4 (test) and 5-9 (val) never reach connected-digit training
 SETS = ("test", "train")
 
 
@@ -67,11 +68,10 @@ def arm_arguments(args: argparse.Namespace, arm: str, seed: int, shared: dict) -
 
 
 def best_checkpoint(record: dict) -> str:
-    """The stage's best validation checkpoint (the reward configs use `which: best`), else its last."""
-    from experiments.core import tracking
+    """A training stage's best validation checkpoint (what the reward configs load: `which: best`)."""
+    from experiments.core.tracking import checkpoint_from_run
 
-    tags = tracking.client().get_run(record["run_id"]).data.tags
-    return tags.get("checkpoint_best") or record["ckpt"]
+    return str(checkpoint_from_run(record["run_id"], "best"))
 
 
 def run_arm(args: argparse.Namespace, arm: str, seed: int, shared: dict) -> None:
@@ -101,11 +101,11 @@ class Judges:
 
         from datamodules.manifest import read_manifest
         from experiments.core.checkpoints import load_submodule
-        from research.audio import load_audio
         from research.t2a.judges import DigitJudge, SpeakerJudge, speaker_embeddings
 
+        self.reward_ckpt = best_checkpoint(shared["reward"])
         reward = OmegaConf.load(ROOT / "experiments/configs/reward/clap.yaml")
-        reward.model.ckpt_path = best_checkpoint(shared["reward"])
+        reward.model.ckpt_path = self.reward_ckpt
         self.reward = instantiate(reward, _convert_="all")
         self.digits = DigitJudge(load_submodule("net", ckpt_path=judge_ckpt))
         self.prompts = evaluation_prompts(args)
@@ -114,10 +114,10 @@ class Judges:
         self.real: dict[str, dict] = {}
         for name, manifest in (("test", "test.jsonl"), ("train", "test_seen.jsonl")):
             wanted = {p["caption"] for p in self.prompts[name]}
-            rows = [r for r in read_manifest(folder / manifest).rows if r["caption"] in wanted]
             base = read_manifest(folder / manifest)
-            waves = [load_audio(base.resolve(r["audio_filepath"]), sample_rate=16000) for r in rows]
-            audio, lens = pad(waves)
+            # FSDD recordings 0-9 of a caption: the judge recognizer's connected digits never contain them
+            rows = [r for r in base.rows if r["caption"] in wanted and r["index"] < UNSEEN_BY_JUDGE]
+            audio, lens = load_batch(base, rows)
             self.real[name] = {
                 "rows": rows,
                 "audio": audio,
@@ -129,10 +129,7 @@ class Judges:
         for row in train:
             per_speaker.setdefault(row["speaker"], []).append(row)
         centroid_rows = [r for rows in per_speaker.values() for r in rows[:: max(1, len(rows) // 30)][:30]]
-        base = read_manifest(folder / "train.jsonl")
-        audio, lens = pad(
-            [load_audio(base.resolve(r["audio_filepath"]), sample_rate=16000) for r in centroid_rows]
-        )
+        audio, lens = load_batch(read_manifest(folder / "train.jsonl"), centroid_rows)
         self.speakers = SpeakerJudge(
             speaker_embeddings(audio, lens, 16000), [r["speaker"] for r in centroid_rows]
         )
@@ -157,12 +154,14 @@ class Judges:
         }
 
 
-def pad(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    lens = torch.tensor([w.shape[-1] for w in waves])
-    audio = torch.zeros(len(waves), 1, int(lens.max()))
-    for i, wave in enumerate(waves):
-        audio[i, 0, : wave.shape[-1]] = wave.reshape(-1)
-    return audio, lens
+def load_batch(manifest, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of a manifest as a zero-padded batch (B, 1, T) and lengths, at 16 kHz."""
+    from datamodules.collate import pad_stack
+    from research.audio import load_audio
+
+    waves = [load_audio(manifest.resolve(r["audio_filepath"]), sample_rate=16000)[0] for r in rows]
+    audio, lens = pad_stack(waves)
+    return audio[:, None], lens
 
 
 def evaluate_stage(pipeline: Pipeline, name: str, ckpt: str, judges: Judges, args) -> dict:
@@ -170,12 +169,12 @@ def evaluate_stage(pipeline: Pipeline, name: str, ckpt: str, judges: Judges, arg
     from experiments.core.checkpoints import load_submodule
     from research.rl.crpo import sample_seed
 
-    settings = {
-        "ckpt": ckpt,
+    settings = {  # checkpoints by content: one retrained in place is judged again
+        "policy": file_identity(ckpt),
+        "reward": file_identity(judges.reward_ckpt),
         "samples": args.eval_samples,
         "steps": args.sampler_steps,
         "guidance": args.guidance,
-        "judge": args.judge_steps,
     }
 
     def run(run_id: str) -> dict:
@@ -201,7 +200,7 @@ def evaluate_stage(pipeline: Pipeline, name: str, ckpt: str, judges: Judges, arg
             scores[set_name] = judges.score(audio, lens, repeated, set_name)
         return {"scores": scores}
 
-    return pipeline.stage(f"eval_{name}", settings=settings, run=run)
+    return pipeline.stage(f"eval_{name}", settings=settings, run=run, reads=("judge",))
 
 
 def table(results: dict, real: dict, args) -> str:
@@ -276,8 +275,8 @@ def main(argv: list[str] | None = None) -> str:
                     "experiment=asr/ctc_digits",
                     "task_name=crpo_judge",
                     f"paths.data_dir={args.data_dir}",
-                    f"trainer.max_steps={args.judge_steps}",
                     *args.shared,
+                    f"trainer.max_steps={args.judge_steps}",
                 ],
             )
             judges = Judges(args, shared, best_checkpoint(judge))

@@ -175,7 +175,8 @@ def generate_stage(pipeline, iteration: int, policy_stage: str, cfg, args) -> di
     policy_ckpt = pipeline.done[policy_stage]["ckpt"]
     settings = {
         "iteration": iteration,
-        "crpo": OmegaConf.to_container(crpo, resolve=True),
+        # the generation batch size changes no output
+        "crpo": {k: v for k, v in OmegaConf.to_container(crpo, resolve=True).items() if k != "batch_size"},
         "reward": OmegaConf.to_container(cfg.reward, resolve=True),
     }
 
@@ -216,14 +217,19 @@ def start_from(ckpt: str) -> list[str]:
 
 def run(pipeline, args: argparse.Namespace) -> None:
     from experiments.core.compose import compose_config
+    from experiments.core.stages import external_record
 
     common = [f"paths.data_dir={args.data_dir}", *args.common, *args.overrides]
-    if args.policy_ckpt:
-        pipeline.done["sft"] = {"ckpt": args.policy_ckpt, "hash": args.policy_ckpt, "run_id": None}
+    if (
+        args.policy_ckpt
+    ):  # identified by content, not path: a checkpoint retrained in place reruns what reads it
+        pipeline.done["sft"] = external_record(args.policy_ckpt)
     else:
         pipeline.train_stage("sft", ["experiment=t2a/flow_digits", *common, *args.sft])
     training = REWARD_TRAINING[args.reward]
-    if training and not args.reward_ckpt and args.mode != "sft_only":
+    if args.reward_ckpt:
+        pipeline.done["reward"] = external_record(args.reward_ckpt)
+    elif training and args.mode != "sft_only":
         pipeline.train_stage("reward", [f"experiment={training[0]}", *common, *args.reward_train])
     crpo_overrides = [
         "experiment=rl/crpo_digits",
