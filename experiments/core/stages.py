@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,13 @@ def file_identity(path: str | Path) -> str:
     place (a retrained checkpoint at the same path) counts as changed."""
     stat = Path(path).resolve().stat()
     return f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def hf_dir(record: dict) -> Path:
+    """A text LM training stage's transformers directory (`hf/` in its run folder, beside `checkpoints/`)."""
+    from lit_modules.text_lm import EXPORT_FOLDER
+
+    return Path(record["ckpt"]).parent.parent / EXPORT_FOLDER
 
 
 def external_record(path: str | Path) -> dict:
@@ -107,8 +115,10 @@ class Pipeline:
             run_name=name,
             tags={"mlflow.parentRunId": self.run_id, PIPELINE_STAGE_TAG: name},
         ).info.run_id
+        start = time.perf_counter()
         try:
             record = {**run(child), "hash": digest, "run_id": child}
+            record["wall_s"] = round(time.perf_counter() - start, 1)
         except BaseException:
             client.set_terminated(child, "FAILED")
             raise

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from experiments.core import tracking
-from experiments.core.stages import Pipeline
+from experiments.core.stages import Pipeline, hf_dir
 from experiments.core.tracking import ROOT
 
 ARMS = {
@@ -50,11 +50,6 @@ def save_random_lm(pretrained_dir: Path, out: Path, seed: int) -> dict:
     AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(pretrained_dir)).save_pretrained(out)
     AutoTokenizer.from_pretrained(pretrained_dir).save_pretrained(out)
     return {"llm_dir": str(out)}
-
-
-def hf_dir(record: dict) -> Path:
-    """The text LM stage's transformers directory: `hf/` in its run folder, beside `checkpoints/`."""
-    return Path(record["ckpt"]).parent.parent / "hf"
 
 
 def upstream(pipeline: Pipeline, args: argparse.Namespace) -> dict[str, Path]:

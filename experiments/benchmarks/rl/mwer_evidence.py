@@ -25,8 +25,8 @@ import statistics
 import time
 from pathlib import Path
 
-from experiments.benchmarks.acllm.evidence import cell, hf_dir
-from experiments.core.stages import Pipeline
+from experiments.benchmarks.acllm.evidence import cell
+from experiments.core.stages import Pipeline, hf_dir
 from experiments.core.tracking import ROOT
 
 TEST_SETS = {"test": "test.jsonl", "test_heldout": "test_heldout.jsonl"}

@@ -4,4 +4,5 @@ imports only, so `--help` answers at once) and `run(args)`."""
 PIPELINES = {
     "luise": "experiments.core.pipelines.luise",
     "crpo": "experiments.core.pipelines.crpo",
+    "speech_llm": "experiments.core.pipelines.speech_llm",
 }

@@ -25,7 +25,8 @@ def label_manifests(data: Path) -> list[Path]:
     return [data / name for name in LABEL_MANIFESTS]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_pretraining_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the pretraining stages (iteration 1, probe, labels, iteration 2, probe)."""
     parser.add_argument(
         "--layer", type=int, help="iteration-1 layer for k-means (default: the probe's best layer)"
     )
@@ -42,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--common", nargs="*", default=[], help="Hydra overrides for every training stage")
     parser.add_argument("--iter1", nargs="*", default=[], help="Hydra overrides for iteration 1")
     parser.add_argument("--iter2", nargs="*", default=[], help="Hydra overrides for iteration 2")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_pretraining_arguments(parser)
     parser.add_argument(
         "--sft", nargs="*", default=None, help="Hydra overrides for SFT (SFT runs when given)"
     )
@@ -126,7 +131,8 @@ def labels_stage(pipeline, args) -> dict:
     )
 
 
-def run(pipeline, args: argparse.Namespace) -> None:
+def pretrain(pipeline, args: argparse.Namespace) -> None:
+    """Iteration 1 -> probe -> labels -> iteration 2 -> probe (records in `pipeline.done`)."""
     args.digits = args.data_dir / "connected_digits"
     common = [f"paths.data_dir={args.data_dir}", *args.common, *args.overrides]
     iter1 = pipeline.train_stage("iter1", ["experiment=ssl/luise_iter1", *common, *args.iter1])
@@ -142,7 +148,7 @@ def run(pipeline, args: argparse.Namespace) -> None:
         if args.iter2_init_from_iter1
         else []
     )
-    iter2 = pipeline.train_stage(
+    pipeline.train_stage(
         "iter2",
         [
             "experiment=ssl/luise_iter2",
@@ -155,8 +161,14 @@ def run(pipeline, args: argparse.Namespace) -> None:
         reads=("labels", "iter1") if args.iter2_init_from_iter1 else ("labels",),
     )
     probe_stage(pipeline, "probe2", "iter2", args)
+
+
+def run(pipeline, args: argparse.Namespace) -> None:
+    pretrain(pipeline, args)
     if args.sft is None:
         return
+    iter2 = pipeline.done["iter2"]
+    common = [f"paths.data_dir={args.data_dir}", *args.common, *args.overrides]
     for suffix, reseed in sft_seeds(args.sft_seeds):
         sft = [*common, *args.sft, *reseed]
         pipeline.train_stage(

@@ -1,0 +1,73 @@
+"""The speech_llm pipeline end to end on tiny parts: LUISE -> labels -> iteration 2 -> text LM -> AcLLM SFT on the
+LUISE encoder -> context SFT -> MWER, each stage fed by its upstream's output (hashes recorded), one comparison."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from experiments.core.checkpoints import load_checkpoint
+from tests.conftest import MIRROR, TINY_COUNTS
+from tests.test_text_lm import TINY_LM, generated_sentences, write_spoken_sentences
+
+DIGITS = [
+    f"paths.mirror_dir={MIRROR}",
+    f"data.preparers.connected_digits.counts={TINY_COUNTS}",
+    "data.batch_size=4",
+    "data.num_workers=0",
+]
+
+
+def test_speech_llm_pipeline_chains_every_stage(tiny_data_dir, mlflow_store, tmp_path):
+    from experiments.core import tracking
+    from experiments.pipeline import main as run_pipeline
+
+    if not (tiny_data_dir / "spoken_sentences" / "lm_corpus.txt").is_file():
+        sentences = generated_sentences()
+        write_spoken_sentences(tiny_data_dir / "spoken_sentences", sentences[:54], sentences[54:66])
+    digits = tiny_data_dir / "connected_digits"
+    out = tmp_path / "speech_llm"
+    args = [
+        "speech_llm", "--out", str(out), "--data-dir", str(tiny_data_dir), "--k", "4",
+        "--probe-steps", "2", "--probe-train-limit", "8", "--probe-clusters", "4",
+        "--label-manifests", str(digits / "train.jsonl"), str(digits / "val.jsonl"),
+        "--common", "debug=fast", "callbacks.progress_bar.refresh_rate=0",
+        "--iter1", "model/encoder=tiny", "model.quantizer.codebook_size=64", "~data.preparers.librispeech",
+        "data.crop_seconds=1.0", "data.train_manifest=[${paths.data_dir}/connected_digits/train.jsonl]", *DIGITS,
+        "--iter2", "model/encoder=tiny", "~data.preparers.librispeech", "data.crop_seconds=1.0",
+        "data.train_manifest=[${labels_dir}/connected_digits/train_kmeans_labels.jsonl]", *DIGITS,
+        "--lm", *(f"model.lm.{k}={v}" for k, v in TINY_LM.items()), "data.vocab_size=300", "data.batch_size=8",
+        "data.val_fraction=0.1",
+        "--sft", "model.lora.rank=4", "model.model.tokens_per_second=4", *DIGITS,
+        "--context", "model.lora.rank=4", *DIGITS,  # later stages must keep the SFT's LoRA (else refused)
+        "--mwer", "model.lora.rank=4", "model.nbest=2", *DIGITS,
+    ]  # fmt: skip
+    assert run_pipeline(args) == 0
+    done = {p.stem: json.loads(p.read_text()) for p in (out / "stages").glob("*.json")}
+    assert {"iter1", "probe1", "labels", "iter2", "probe2", "text_lm", "sft", "context_sft", "mwer"} <= set(
+        done
+    )
+    # each stage consumed its upstream's output: the weights it started from are the upstream's, bit for bit
+    # (LoRA keeps the encoder frozen: the SFT's encoder is iteration 2's, bit for bit)
+    iter2 = load_checkpoint(done["iter2"]["ckpt"])["state_dict"]
+    sft = load_checkpoint(done["sft"]["ckpt"])["state_dict"]
+    encoder = {k[len("encoder.") :]: v for k, v in iter2.items() if k.startswith("encoder.")}
+    assert encoder and all(torch.equal(sft[f"model.encoder.encoder.{k}"], v) for k, v in encoder.items())
+    context = load_checkpoint(done["context_sft"]["ckpt"])
+    assert context["voxlab_config"]["init"]["ckpt_path"] == done["sft"]["ckpt"]
+    mwer = load_checkpoint(done["mwer"]["ckpt"])
+    assert mwer["voxlab_config"]["init"]["ckpt_path"] == done["context_sft"]["ckpt"]
+    # the records name the hashes they read: a changed upstream reruns the stages below it
+    records = {name: json.loads((out / "stages" / f"{name}.json").read_text()) for name in ("sft", "mwer")}
+    assert all(len(r["hash"]) == 12 and r["wall_s"] >= 0 for r in records.values())
+    client = tracking.client()
+    parent = next(
+        r
+        for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+        if r.data.tags.get("voxlab.pipeline") == "speech_llm"
+    )
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"comparison.md", "comparison.json", "comparison.png"} <= logged
+    table = (out / "comparison.md").read_text()
+    assert all(f"| {stage} |" in table for stage in ("sft", "context_sft", "mwer"))
