@@ -3,7 +3,8 @@
 Every stage is a child MLflow run of one pipeline run; a stage whose settings and inputs are unchanged and
 whose outputs exist is skipped, so an interrupted or failed pipeline resumes where it stopped. Pipelines:
 `luise` (iteration 1 -> probe -> labels -> iteration 2 -> probe -> SFT), `crpo` (text-to-audio SFT -> reward ->
-iterations of generate, score, pair and train). `<name> --help` lists its options;
+iterations of generate, score, pair and train), `speech_llm` (LUISE -> labels -> text LM -> AcLLM SFT -> context
+SFT -> MWER). `<name> --help` lists its options;
 trailing Hydra overrides apply to every training stage.
 """
 
