@@ -134,7 +134,9 @@ def test_crpo_module_keeps_its_reference_frozen_in_eval_and_out_of_the_optimizer
     from lit_modules.crpo import CRPOModule
     from tests.test_t2a import tiny_model
 
-    module = CRPOModule(net=tiny_model(cond_dropout=0.5), optimizer=partial(torch.optim.SGD, lr=0.1), beta=10.0)
+    module = CRPOModule(
+        net=tiny_model(cond_dropout=0.5), optimizer=partial(torch.optim.SGD, lr=0.1), beta=10.0
+    )
     module.train()
     assert module.net.training and not module.reference.training
     assert not any(p.requires_grad for p in module.reference.parameters())
@@ -143,7 +145,10 @@ def test_crpo_module_keeps_its_reference_frozen_in_eval_and_out_of_the_optimizer
     assert not in_optimizer & {id(p) for p in module.reference.parameters()}
     shape = module.net.shape
     batch = {
-        "caption": ["george, a man with a Greek accent, says one", "theo, a man with an American accent, says two"],
+        "caption": [
+            "george, a man with a Greek accent, says one",
+            "theo, a man with an American accent, says two",
+        ],
         "chosen": torch.randn(2, *shape),
         "rejected": torch.randn(2, *shape),
     }
@@ -151,6 +156,8 @@ def test_crpo_module_keeps_its_reference_frozen_in_eval_and_out_of_the_optimizer
     out = module.pair_loss(batch, noise, t)
     # no condition dropout (p 0.5 here): the same errors on every call, and policy = reference at the start
     assert torch.equal(out.policy_winner, module.pair_loss(batch, noise, t).policy_winner)
-    assert torch.allclose(out.policy_winner, out.reference_winner) and torch.allclose(out.inside, torch.zeros(2))
+    assert torch.allclose(out.policy_winner, out.reference_winner) and torch.allclose(
+        out.inside, torch.zeros(2)
+    )
     out.loss.backward()
     assert all(p.grad is None for p in module.reference.parameters())

@@ -45,21 +45,31 @@ def test_speech_llm_pipeline_chains_every_stage(tiny_data_dir, mlflow_store, tmp
     ]  # fmt: skip
     assert run_pipeline(args) == 0
     done = {p.stem: json.loads(p.read_text()) for p in (out / "stages").glob("*.json")}
-    assert {"iter1", "probe1", "labels", "iter2", "probe2", "text_lm", "sft", "context_sft", "mwer"} <= set(
-        done
-    )
+    assert {
+        "iter1",
+        "probe1",
+        "labels",
+        "iter2",
+        "probe2",
+        "text_lm",
+        "acllm_sft",
+        "context_sft",
+        "mwer",
+    } <= set(done)
     # each stage consumed its upstream's output: the weights it started from are the upstream's, bit for bit
     # (LoRA keeps the encoder frozen: the SFT's encoder is iteration 2's, bit for bit)
     iter2 = load_checkpoint(done["iter2"]["ckpt"])["state_dict"]
-    sft = load_checkpoint(done["sft"]["ckpt"])["state_dict"]
+    sft = load_checkpoint(done["acllm_sft"]["ckpt"])["state_dict"]
     encoder = {k[len("encoder.") :]: v for k, v in iter2.items() if k.startswith("encoder.")}
     assert encoder and all(torch.equal(sft[f"model.encoder.encoder.{k}"], v) for k, v in encoder.items())
     context = load_checkpoint(done["context_sft"]["ckpt"])
-    assert context["voxlab_config"]["init"]["ckpt_path"] == done["sft"]["ckpt"]
+    assert context["voxlab_config"]["init"]["ckpt_path"] == done["acllm_sft"]["ckpt"]
     mwer = load_checkpoint(done["mwer"]["ckpt"])
     assert mwer["voxlab_config"]["init"]["ckpt_path"] == done["context_sft"]["ckpt"]
     # the records name the hashes they read: a changed upstream reruns the stages below it
-    records = {name: json.loads((out / "stages" / f"{name}.json").read_text()) for name in ("sft", "mwer")}
+    records = {
+        name: json.loads((out / "stages" / f"{name}.json").read_text()) for name in ("acllm_sft", "mwer")
+    }
     assert all(len(r["hash"]) == 12 and r["wall_s"] >= 0 for r in records.values())
     client = tracking.client()
     parent = next(
@@ -70,4 +80,4 @@ def test_speech_llm_pipeline_chains_every_stage(tiny_data_dir, mlflow_store, tmp
     logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"comparison.md", "comparison.json", "comparison.png"} <= logged
     table = (out / "comparison.md").read_text()
-    assert all(f"| {stage} |" in table for stage in ("sft", "context_sft", "mwer"))
+    assert all(f"| {stage} |" in table for stage in ("acllm_sft", "context_sft", "mwer"))

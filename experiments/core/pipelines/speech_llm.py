@@ -18,7 +18,7 @@ import argparse
 
 from experiments.core.pipelines import luise
 
-STAGES = ("sft", "context_sft", "mwer")
+STAGES = ("acllm_sft", "context_sft", "mwer")  # names apart from the luise pipeline's CTC "sft"
 METRICS = ("wer", "cer", "keyword_recall")
 TEST_SETS = ("test", "test_heldout")
 
@@ -105,7 +105,7 @@ def run(pipeline, args: argparse.Namespace) -> None:
     common = [f"paths.data_dir={args.data_dir}", *args.common, *args.overrides]
     lm = pipeline.train_stage("text_lm", ["experiment=text_lm/sentences", *common, *args.lm])
     pipeline.train_stage(
-        "sft",
+        "acllm_sft",
         [
             "experiment=acllm/digits_lora",
             "model.model.encoder.encoder.key=encoder",  # a LUISE run holds the encoder at the top level
@@ -118,7 +118,7 @@ def run(pipeline, args: argparse.Namespace) -> None:
         reads=("iter2", "text_lm"),
     )
     for name, experiment, start, extra in (
-        ("context_sft", "acllm/digits_context", "sft", args.context),
+        ("context_sft", "acllm/digits_context", "acllm_sft", args.context),
         ("mwer", "rl/mwer_digits", "context_sft", args.mwer),
     ):
         ckpt = pipeline.done[start]["ckpt"]
