@@ -66,7 +66,26 @@ def run_crpo(out: Path, data_dir: Path, *options: str) -> int:
     )  # fmt: skip
 
 
-def test_crpo_loop_generates_ranks_trains_and_resumes(captions_dir, mlflow_store, tmp_path, capsys):
+def check_notebook(out: Path, tmp_path: Path, monkeypatch) -> None:
+    """notebooks/crpo on this run, with judged results in the evidence benchmark's layout."""
+    from tests.conftest import execute_notebook
+
+    judges = {"reward": 0.1, "digit_accuracy": 0.5, "speaker_accuracy": 0.4, "frechet": 0.3}
+    results = {
+        name: {"test": judges, "train": judges} for name in ("sft", "crpo_seed1_it1", "crpo_seed2_it1")
+    }
+    evidence = tmp_path / "evidence.json"
+    evidence.write_text(json.dumps({"results": results, "real": {}}))
+    monkeypatch.setenv("VOXLAB_CRPO_DIR", str(out))
+    monkeypatch.setenv("VOXLAB_CRPO_EVIDENCE", str(evidence))
+    text, images = execute_notebook("crpo")
+    assert "iteration 2: chosen" in text and "digit_accuracy" in text
+    assert images == 2  # the reward box plot and the judges
+
+
+def test_crpo_loop_generates_ranks_trains_and_resumes(
+    captions_dir, mlflow_store, tmp_path, capsys, monkeypatch
+):
     from experiments.core import tracking
 
     out = tmp_path / "crpo"
@@ -104,6 +123,7 @@ def test_crpo_loop_generates_ranks_trains_and_resumes(captions_dir, mlflow_store
     capsys.readouterr()
     assert run_crpo(out, captions_dir) == 0
     assert capsys.readouterr().out.count("skipped") == 6
+    check_notebook(out, tmp_path, monkeypatch)
 
     # baselines from the same SFT policy and reward
     start = ["--policy-ckpt", done["sft"]["ckpt"], "--reward-ckpt", done["reward"]["ckpt"]]
