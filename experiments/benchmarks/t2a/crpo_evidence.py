@@ -248,7 +248,10 @@ def main(argv: list[str] | None = None) -> str:
     )
     parser.add_argument("--train-steps", type=int, default=60, help="CRPO (or SFT) steps per iteration")
     parser.add_argument(
-        "--judge-steps", type=int, default=1500, help="training steps of the judge recognizer"
+        "--judge-steps",
+        type=int,
+        default=1500,
+        help="training steps of the judge recognizer (the CTC baseline's)",
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
