@@ -62,6 +62,11 @@ def ablations(steps: int) -> dict[str, list[str]]:
     }
 
 
+def chosen_ablations(args: argparse.Namespace) -> dict[str, list[str]]:
+    recipes = ablations(args.sft_steps)
+    return {name: recipes[name] for name in args.ablations or recipes}
+
+
 def fraction_name(fraction: float) -> str:
     return f"_f{fraction:g}"
 
@@ -93,7 +98,7 @@ def jobs(args: argparse.Namespace) -> dict[str, list[str]]:
         for f in args.fractions
     }
     if args.ablation:
-        for name, overrides in ablations(args.sft_steps).items():
+        for name, overrides in chosen_ablations(args).items():
             found[name] = [
                 *pretraining,
                 "--sft",
@@ -153,7 +158,7 @@ def ablation_table(out: Path, args: argparse.Namespace) -> str:
     rows = {"default (top 2 layers re-initialised, warm-up + cosine)": default}
     rows |= {
         f"{name}: {' '.join(overrides)}": stage(out, f"sft_{name}")["metrics"]
-        for name, overrides in ablations(args.sft_steps).items()
+        for name, overrides in chosen_ablations(args).items()
     }
     rows["random initialisation"] = scratch
     lines = [f"| recipe | {' | '.join(COLUMNS)} |", "|---" * (len(COLUMNS) + 1) + "|"]
@@ -201,6 +206,12 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--val-every", type=int, default=100, help="validation interval in steps")
     parser.add_argument("--ablation-fraction", type=float, default=0.1)
     parser.add_argument("--no-ablation", dest="ablation", action="store_false")
+    parser.add_argument(
+        "--ablations",
+        nargs="*",
+        choices=list(ablations(400)),
+        help="the recipes of the ablation (default: all)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="fine-tuning processes at once")
     parser.add_argument("--threads", type=int, default=1, help="threads per fine-tuning process")
     args = parser.parse_args(argv)
