@@ -168,11 +168,9 @@ class History(L.Callback):
                 self.values.setdefault(name, []).append(float(trainer.callback_metrics[name]))
 
 
-def fit_on_batch(module, batch: dict, max_steps: int, names: tuple[str, ...], **trainer_args) -> History:
-    """Train `module` on one batch repeated, recording the named metrics."""
-    history = History(names)
-    trainer = L.Trainer(
-        max_steps=max_steps,
+def quiet_trainer(history: History, **trainer_args) -> L.Trainer:
+    """A Trainer that writes nothing (no logger, checkpoints, progress bar or summary), recording `history`."""
+    return L.Trainer(
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -180,6 +178,12 @@ def fit_on_batch(module, batch: dict, max_steps: int, names: tuple[str, ...], **
         callbacks=[history],
         **trainer_args,
     )
+
+
+def fit_on_batch(module, batch: dict, max_steps: int, names: tuple[str, ...], **trainer_args) -> History:
+    """Train `module` on one batch repeated, recording the named metrics."""
+    history = History(names)
+    trainer = quiet_trainer(history, max_steps=max_steps, **trainer_args)
     trainer.fit(module, DataLoader(SameBatch(batch, 1000), batch_size=None))
     return history
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import sys
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -30,7 +29,7 @@ from research.rl.clap import (
     retrieval,
 )
 from research.rl.rewards import ClapReward, LaionClapReward, RecognizerReward, Reward
-from tests.conftest import History, fit_on_batch
+from tests.conftest import History, fit_on_batch, quiet_trainer
 
 TINY_ENCODER = {
     "_target_": "research.encoder.ConformerEncoder",
@@ -351,16 +350,8 @@ def test_clap_module_logs_retrieval(tiny_captions, tmp_path):
         num_buckets=2,
     )
     history = History(("train/loss",))
-    trainer = L.Trainer(
-        max_steps=4,
-        val_check_interval=2,
-        check_val_every_n_epoch=None,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[history],
+    trainer = quiet_trainer(
+        history, max_steps=4, val_check_interval=2, check_val_every_n_epoch=None, default_root_dir=tmp_path
     )
     module = tiny_module()
     trainer.fit(module, datamodule=data)

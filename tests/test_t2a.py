@@ -500,7 +500,7 @@ def caption_manifests(mirror, tmp_path_factory) -> dict[str, Path]:
 def test_flow_matching_module_trains_and_logs(caption_manifests, tmp_path):
     from datamodules.audio_datamodule import AudioDataModule
     from lit_modules.t2a import FlowMatchingModule
-    from tests.conftest import History
+    from tests.conftest import History, quiet_trainer
 
     L.seed_everything(0)
     data = AudioDataModule(
@@ -527,16 +527,12 @@ def test_flow_matching_module_trains_and_logs(caption_manifests, tmp_path):
         example_captions=["george, a man with a Greek accent, says one", "an unseen caption"],
     )
     history = History(("train/loss",))
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
+        history,
         max_steps=40,
         val_check_interval=20,
         check_val_every_n_epoch=None,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[history],
         default_root_dir=tmp_path,
         accelerator="cpu",
         gradient_clip_val=1.0,
