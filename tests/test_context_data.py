@@ -106,6 +106,28 @@ def test_distractor_count_and_the_ones_that_cannot_be_drawn():
         assert context == ""
 
 
+def test_evaluation_contexts_of_each_kind():
+    """The benchmark's and notebook's contexts (experiments.core.transcripts.with_contexts): a true run among
+    distractors, distractors sharing no word with the transcript, the true run alone; the same on every call."""
+    from experiments.core.transcripts import with_contexts
+
+    # digit-like rows: other rows share words with each one, so distractors must be filtered
+    rows = [{"text": t} for t in ("one two three", "two four", "five six", "three seven", "eight nine one")]
+    keyword, distractor, oracle = (
+        with_contexts(rows, kind, 4) for kind in ("keyword", "distractor", "oracle")
+    )
+    assert len(keyword) == 4 and keyword == with_contexts(rows, "keyword", 4)
+    for row, k, d, o in zip(rows, keyword, distractor, oracle, strict=False):
+        said = row["text"].split()
+        assert k["keywords"] and " ".join(k["keywords"]) in row["text"]
+        assert " ".join(k["keywords"]) in k["context"].split(", ")
+        assert d["keywords"] == [] and d["context"]
+        assert not any(set(entry.split()) & set(said) for entry in d["context"].split(", "))
+        assert o["context"] == " ".join(o["keywords"]) == " ".join(k["keywords"])
+    with pytest.raises(ValueError, match="unknown context kind"):
+        with_contexts(rows, "hotword", 2)
+
+
 def test_separator_joins_the_entries():
     context, _ = ContextBuilder(p_true=1.0, distractors=2, separator=" | ")(ROWS, 0, np.random.default_rng(1))
     assert len(context.split(" | ")) == 3 and ", " not in context

@@ -250,6 +250,9 @@ def test_layer_probe_over_manifests_gives_one_row_per_layer(tiny_data_dir):
         {"layer": 2, "wer": 0.6, "pnmi": 0.3},
     ]
     assert best_layer(aligned) == 1  # PNMI decides where the rows have it
+    assert best_layer(aligned, by="wer") == 0  # the speech_llm pipeline's choice of the layer the LLM reads
+    with pytest.raises(ValueError, match="by must be"):
+        best_layer(aligned, by="cer")
 
 
 def test_label_quality_against_the_digit_alignment(tiny_data_dir):

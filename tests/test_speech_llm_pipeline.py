@@ -8,6 +8,7 @@ import json
 import torch
 
 from experiments.core.checkpoints import load_checkpoint
+from research.ssl.layer_probe import best_layer
 from tests.conftest import MIRROR, TINY_COUNTS
 from tests.test_text_lm import TINY_LM, generated_sentences, write_spoken_sentences
 
@@ -19,7 +20,7 @@ DIGITS = [
 ]
 
 
-def test_speech_llm_pipeline_chains_every_stage(tiny_data_dir, mlflow_store, tmp_path):
+def test_speech_llm_pipeline_chains_every_stage(tiny_data_dir, mlflow_store, tmp_path, monkeypatch):
     from experiments.core import tracking
     from experiments.pipeline import main as run_pipeline
 
@@ -61,7 +62,12 @@ def test_speech_llm_pipeline_chains_every_stage(tiny_data_dir, mlflow_store, tmp
     iter2 = load_checkpoint(done["iter2"]["ckpt"])["state_dict"]
     sft = load_checkpoint(done["acllm_sft"]["ckpt"])["state_dict"]
     encoder = {k[len("encoder.") :]: v for k, v in iter2.items() if k.startswith("encoder.")}
-    assert encoder and all(torch.equal(sft[f"model.encoder.encoder.{k}"], v) for k, v in encoder.items())
+    # the layers above the one the LLM reads are dropped
+    kept = {k: v for k, v in encoder.items() if f"model.encoder.encoder.{k}" in sft}
+    assert kept and all(torch.equal(sft[f"model.encoder.encoder.{k}"], v) for k, v in kept.items())
+    # the LLM reads the iteration-2 layer from which the probe transcribed best
+    sft_config = load_checkpoint(done["acllm_sft"]["ckpt"])["voxlab_config"]
+    assert sft_config["model"]["model"]["encoder"]["layer"] == best_layer(done["probe2"]["rows"], by="wer")
     context = load_checkpoint(done["context_sft"]["ckpt"])
     assert context["voxlab_config"]["init"]["ckpt_path"] == done["acllm_sft"]["ckpt"]
     mwer = load_checkpoint(done["mwer"]["ckpt"])
@@ -81,3 +87,20 @@ def test_speech_llm_pipeline_chains_every_stage(tiny_data_dir, mlflow_store, tmp
     assert {"comparison.md", "comparison.json", "comparison.png"} <= logged
     table = (out / "comparison.md").read_text()
     assert all(f"| {stage} |" in table for stage in ("acllm_sft", "context_sft", "mwer"))
+    check_notebooks(out, tiny_data_dir, monkeypatch)
+
+
+def check_notebooks(out, data_dir, monkeypatch) -> None:
+    """notebooks/ssl_layers and notebooks/speech_llm on this pipeline's folder and MLflow runs."""
+    from tests.conftest import execute_notebook
+
+    monkeypatch.setenv("VOXLAB_LUISE_DIR", str(out))
+    monkeypatch.setenv("VOXLAB_SPEECH_LLM_DIR", str(out))
+    monkeypatch.setenv("VOXLAB_DATA", str(data_dir))
+    text, images = execute_notebook("ssl_layers")
+    assert "iteration 2: k-means of iteration-1 layer" in text and "pnmi" in text
+    assert images == 2  # the probes per layer and the frame-level view
+    text, images = execute_notebook("speech_llm")
+    assert "hypothesis: " in text and "log_prob" in text and "oracle" in text
+    assert "acllm/digits_lora" in text and "lora" in text  # the recipe table found the SFT run
+    assert images == 1  # WER per stage

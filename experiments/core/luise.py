@@ -21,8 +21,9 @@ from experiments.core.dumps import dump_per_utterance
 from research.audio import load_audio
 from research.encoder import ConformerEncoder
 from research.probes import cluster_quality
-from research.ssl.labels import kmeans_label_batch
+from research.ssl.labels import kmeans_label_batch, random_projection_labels
 from research.ssl.layer_probe import best_layer, digit_alignment, format_table, probe_layers
+from research.ssl.targets import RandomProjectionQuantizer
 from research.tokenizer.quantizer import kmeans
 
 
@@ -207,3 +208,32 @@ def kmeans_labels(
         encoder, manifests, layer, centroids, out_dir, batch_size=batch_size, source=settings
     )
     return centroids_path, written
+
+
+def iteration_label_sources(
+    iter1: dict, labels: dict, *, same_count_seed: int | None = None
+) -> tuple[ConformerEncoder, dict]:
+    """(iteration-1 encoder, {name: batch label function}) of a LUISE pipeline's `iter1` and `labels` stage
+    records: iteration 1's random-projection targets as trained and iteration 2's k-means targets; with
+    `same_count_seed`, also random-projection targets with as many codes as k-means clusters."""
+    from experiments.core.checkpoints import load_submodule
+
+    encoder = load_submodule("encoder", ckpt_path=iter1["ckpt"]).eval()
+    trained = load_submodule("quantizer", ckpt_path=iter1["ckpt"])
+    centroids = torch.load(labels["centroids"], weights_only=True)
+    k = len(centroids)
+    sources = {
+        f"iteration 1: random projection ({trained.codebook_size} codes, as trained)": random_projection_labels(
+            encoder, trained
+        )
+    }
+    if same_count_seed is not None:
+        same_count = RandomProjectionQuantizer(
+            input_dim=trained.projection.shape[1], codebook_size=k, seed=same_count_seed
+        )
+        sources[f"iteration 1: random projection ({k} codes)"] = random_projection_labels(encoder, same_count)
+    layer = labels["layer"]
+    sources[f"iteration 2: k-means of iteration-1 layer {layer} ({k} clusters)"] = kmeans_label_batch(
+        encoder, layer, centroids
+    )
+    return encoder, sources

@@ -36,6 +36,14 @@ def file_identity(path: str | Path) -> str:
     return f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
+def read_stage(out: str | Path, name: str) -> dict:
+    """The record of a finished stage of the pipeline in `out`."""
+    path = Path(out) / "stages" / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no stage '{name}' has finished in {out} (no {path})")
+    return json.loads(path.read_text())
+
+
 def hf_dir(record: dict) -> Path:
     """A text LM training stage's transformers directory (`hf/` in its run folder, beside `checkpoints/`)."""
     from lit_modules.text_lm import EXPORT_FOLDER

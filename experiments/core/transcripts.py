@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchmetrics.functional.text import char_error_rate, word_error_rate
 from tqdm import tqdm
@@ -100,3 +101,43 @@ def row_keywords(row: dict, context_column: str | None, normalize) -> list[str]:
         return normalize(keywords if isinstance(keywords, str) else " ".join(keywords)).split()
     said = set(normalize(row["text"]).split())
     return [word for word in normalize(context_text(row[context_column])).split() if word in said]
+
+
+# contexts of the evaluation: "keyword" holds a run of the spoken words among 3 distractors (the training
+# builder's draw), "distractor" only runs that were not said, "oracle" the true run alone (does the model read
+# its context at all?)
+CONTEXT_KINDS = ("keyword", "distractor", "oracle")
+DISTRACTOR_TRIES = 50  # draws of a distractor-only context that shares no word with the transcript
+
+
+def unsaid_context(builder, rows: list[dict], index: int) -> str:
+    """Distractor entries that share no word with the transcript (with ten digit words, a random run of another
+    utterance often holds a spoken digit, which would not test hallucination); up to `builder.distractors`."""
+    said, entries = set(rows[index]["text"].split()), []
+    for attempt in range(DISTRACTOR_TRIES):
+        context, _ = builder(rows, index, np.random.default_rng([7, index, attempt]))
+        entries += [e for e in context.split(builder.separator) if e and not set(e.split()) & said]
+        entries = list(dict.fromkeys(entries))
+        if len(entries) >= builder.distractors:
+            break
+    return builder.separator.join(entries[: builder.distractors])
+
+
+def with_contexts(rows: list[dict], kind: str, count: int) -> list[dict]:
+    """The first `count` rows with a `context` and `keywords` column of one of CONTEXT_KINDS, drawn from the
+    rows' transcripts (seeded by row index: the same on every call)."""
+    from datamodules.context import ContextBuilder
+
+    if kind not in CONTEXT_KINDS:
+        raise ValueError(f"unknown context kind '{kind}', expected one of {list(CONTEXT_KINDS)}")
+    builder = ContextBuilder(mode="hotwords", p_true=0.0 if kind == "distractor" else 1.0, ngram=(1, 3))
+    builder.bind(rows)
+    written = []
+    for index, row in enumerate(rows[:count]):
+        if kind == "distractor":
+            context, keywords = unsaid_context(builder, rows, index), []
+        else:
+            context, keywords = builder(rows, index, np.random.default_rng([7, index]))
+            context = " ".join(keywords) if kind == "oracle" else context
+        written.append({**row, "context": context, "keywords": keywords})
+    return written

@@ -38,7 +38,6 @@ RL_ARMS = {
     "mwer": ["experiment=rl/mwer_digits", *RL_COMMON],
     "mwer_weighted": ["experiment=rl/mwer_digits", "model.keyword_weight=3.0", *RL_COMMON],
 }
-DISTRACTOR_TRIES = 50  # draws of a distractor-only context that shares no word with the transcript
 LABELS = {
     "sft_more": "plain SFT, same steps",
     "context_sft": "context SFT",
@@ -93,48 +92,20 @@ def continued(pipeline, name: str, start: str, overrides: list[str], steps: int,
     )
 
 
-def unsaid_context(builder, rows: list[dict], index: int) -> str:
-    """Distractor entries that share no word with the transcript (with ten digit words, a random run of another
-    utterance often holds a spoken digit, which would not test hallucination); up to 3 entries."""
-    import numpy as np
-
-    said, entries = set(rows[index]["text"].split()), []
-    for attempt in range(DISTRACTOR_TRIES):
-        context, _ = builder(rows, index, np.random.default_rng([7, index, attempt]))
-        entries += [e for e in context.split(builder.separator) if e and not set(e.split()) & said]
-        entries = list(dict.fromkeys(entries))
-        if len(entries) >= builder.distractors:
-            break
-    return builder.separator.join(entries[: builder.distractors])
-
-
 def context_manifests(out: Path, data_dir: Path, count: int) -> dict[str, Path]:
-    """Per test set, its first `count` rows with a `context` and `keywords` column: "keyword" contexts hold a run
-    of the spoken digits among 3 distractors (the training builder), "distractor" contexts only runs of digits
-    that were not said, "oracle" contexts that true run alone (does the model read its context at all?)."""
-    import numpy as np
-
-    from datamodules.context import ContextBuilder
+    """Per test set and context kind (experiments.core.transcripts.CONTEXT_KINDS), its first `count` rows with
+    a `context` and `keywords` column."""
     from datamodules.manifest import read_manifest, write_manifest
+    from experiments.core.transcripts import CONTEXT_KINDS, with_contexts
 
     manifests = {}
     for name, file in TEST_SETS.items():
         source = read_manifest(data_dir / file)
         rows = [{**row, "audio_filepath": str(source.audio_path(i))} for i, row in enumerate(source.rows)]
-        for kind, p_true in (("keyword", 1.0), ("distractor", 0.0), ("oracle", 1.0)):
-            builder = ContextBuilder(mode="hotwords", p_true=p_true, ngram=(1, 3), distractors=3)
-            builder.bind(rows)
-            written = []
-            for index, row in enumerate(rows[:count]):
-                if kind == "distractor":
-                    context, keywords = unsaid_context(builder, rows, index), []
-                else:  # the oracle context is the keyword context's true run alone
-                    context, keywords = builder(rows, index, np.random.default_rng([7, index]))
-                    context = " ".join(keywords) if kind == "oracle" else context
-                written.append({**row, "context": context, "keywords": keywords})
+        for kind in CONTEXT_KINDS:
             manifests[f"{name}/{kind}"] = out / "eval_manifests" / f"{name}_{kind}.jsonl"
             manifests[f"{name}/{kind}"].parent.mkdir(parents=True, exist_ok=True)
-            write_manifest(manifests[f"{name}/{kind}"], written)
+            write_manifest(manifests[f"{name}/{kind}"], with_contexts(rows, kind, count))
     return manifests
 
 

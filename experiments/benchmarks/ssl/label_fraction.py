@@ -31,11 +31,11 @@ from experiments.benchmarks.ssl.luise_validity import (
     add_pretraining_arguments,
     mean_sd,
     pretraining_arguments,
-    stage,
 )
 from experiments.core import tracking
 from experiments.core.pipelines.luise import sft_seeds
 from experiments.core.stages import Pipeline
+from experiments.core.stages import read_stage as stage
 from experiments.core.tracking import ROOT
 from experiments.pipeline import main as run_pipeline
 

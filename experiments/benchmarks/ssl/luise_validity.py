@@ -26,18 +26,12 @@ from pathlib import Path
 import torch
 
 from experiments.core import tracking
-from experiments.core.checkpoints import load_submodule
-from experiments.core.luise import alignment_quality
+from experiments.core.luise import alignment_quality, iteration_label_sources
 from experiments.core.pipelines.luise import sft_seeds
+from experiments.core.stages import read_stage as stage
 from experiments.core.tracking import ROOT
 from experiments.pipeline import main as run_pipeline
-from research.ssl.labels import kmeans_label_batch, random_projection_labels
 from research.ssl.layer_probe import best_layer, format_table
-from research.ssl.targets import RandomProjectionQuantizer
-
-
-def stage(out: Path, name: str) -> dict:
-    return json.loads((out / "stages" / f"{name}.json").read_text())
 
 
 def validation_wer(run_id: str) -> dict[int, float]:
@@ -46,23 +40,11 @@ def validation_wer(run_id: str) -> dict[int, float]:
     return {m.step + 1: m.value for m in history}
 
 
-def label_quality(out: Path, data_dir: Path, k: int, seed: int) -> list[dict]:
+def label_quality(out: Path, data_dir: Path, seed: int) -> list[dict]:
     """One row per label source, scored on the seen-speaker connected-digit test set."""
-    iter1, labels = stage(out, "iter1"), stage(out, "labels")
-    encoder = load_submodule("encoder", ckpt_path=iter1["ckpt"])
-    trained_rpq = load_submodule("quantizer", ckpt_path=iter1["ckpt"])
-    input_dim = trained_rpq.projection.shape[1]
-    same_count_rpq = RandomProjectionQuantizer(input_dim=input_dim, codebook_size=k, seed=seed)
-    centroids = torch.load(labels["centroids"], weights_only=True)
-    sources = {
-        f"iteration 1: random projection ({trained_rpq.codebook_size} codes, as trained)": random_projection_labels(
-            encoder, trained_rpq
-        ),
-        f"iteration 1: random projection ({k} codes)": random_projection_labels(encoder, same_count_rpq),
-        f"iteration 2: k-means of iteration-1 layer {labels['layer']} ({k} clusters)": kmeans_label_batch(
-            encoder, labels["layer"], centroids
-        ),
-    }
+    encoder, sources = iteration_label_sources(
+        stage(out, "iter1"), stage(out, "labels"), same_count_seed=seed
+    )
     test = data_dir / "connected_digits" / "test.jsonl"
     rate, sample_rate = encoder.frame_rate, encoder.features.mel.sample_rate
     return [
@@ -164,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         ]
     )
     pipeline_s = time.perf_counter() - start
-    quality = label_quality(args.out, args.data_dir, args.k, args.seed)
+    quality = label_quality(args.out, args.data_dir, args.seed)
 
     arms = (("pretrained", "sft"), ("random init", "sft_scratch"))
     seeds = [args.seed, *args.sft_seeds]

@@ -1,6 +1,6 @@
 """Seed-ASR's recipe from audio to an MWER-tuned LLM recognizer on connected digits: LUISE iteration 1 -> probe ->
-k-means labels -> iteration 2 -> probe -> text LM pretraining -> AcLLM SFT (LoRA, on the LUISE encoder) -> context
-SFT -> MWER, every recognizer stage tested on the same test sets.
+k-means labels -> iteration 2 -> probe -> text LM pretraining -> AcLLM SFT (LoRA, on the LUISE encoder's best
+probed layer) -> context SFT -> MWER, every recognizer stage tested on the same test sets.
 
     python -m experiments.pipeline speech_llm --out runs/speech_llm
     python -m experiments.pipeline speech_llm --out runs/speech_llm_fast --common debug=fast   # a few steps each
@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lm", nargs="*", default=[], help="Hydra overrides for the text LM (text_lm/sentences)"
+    )
+    parser.add_argument(
+        "--encoder-layer", type=int, help="iteration-2 layer the LLM reads (default: the lowest probe WER)"
     )
     parser.add_argument("--context", nargs="*", default=[], help="Hydra overrides for context SFT")
     parser.add_argument("--mwer", nargs="*", default=[], help="Hydra overrides for MWER")
@@ -100,8 +103,12 @@ def figure(result: dict, path) -> None:
 def run(pipeline, args: argparse.Namespace) -> None:
     from experiments.core import tracking
     from experiments.core.stages import hf_dir
+    from research.ssl.layer_probe import best_layer
 
     luise.pretrain(pipeline, args)
+    # the encoder stays frozen under LoRA: the LLM reads the layer from which the probe transcribes best
+    probed = args.encoder_layer is None
+    layer = best_layer(pipeline.done["probe2"]["rows"], by="wer") if probed else args.encoder_layer
     common = [f"paths.data_dir={args.data_dir}", *args.common, *args.overrides]
     lm = pipeline.train_stage("text_lm", ["experiment=text_lm/sentences", *common, *args.lm])
     pipeline.train_stage(
@@ -110,12 +117,13 @@ def run(pipeline, args: argparse.Namespace) -> None:
             "experiment=acllm/digits_lora",
             "model.model.encoder.encoder.key=encoder",  # a LUISE run holds the encoder at the top level
             f"model.model.encoder.encoder.ckpt_path={pipeline.done['iter2']['ckpt']}",
+            f"model.model.encoder.layer={layer}",
             f"model.model.llm_dir={hf_dir(lm)}",
             *converter_sizes(pipeline.done["iter2"]["ckpt"], hf_dir(lm)),
             *common,
             *args.sft,
         ],
-        reads=("iter2", "text_lm"),
+        reads=("iter2", "text_lm", "probe2") if probed else ("iter2", "text_lm"),
     )
     for name, experiment, start, extra in (
         ("context_sft", "acllm/digits_context", "acllm_sft", args.context),
