@@ -90,6 +90,8 @@ class CRPOModule(FlowMatchingModule):
             return
         seeds = [self.hparams.val_seed + i for i in range(len(captions))]
         audio = self.net.generate(captions, seeds, self.hparams.sample_steps, self.hparams.sample_guidance)
+        if not self.trainer.is_global_zero:  # every rank generated (see FlowMatchingModule); rank 0 writes
+            return
         for i, wave in enumerate(audio):
             log_audio(self.trainer, f"sample_{i}", wave, self.net.sample_rate)
         lines = (f"sample_{i}\tseed {s}\t{c}" for i, (s, c) in enumerate(zip(seeds, captions, strict=True)))

@@ -104,11 +104,8 @@ class FlowMatchingModule(PerTestSetEvaluation, L.LightningModule):
             )
 
     def on_validation_epoch_end(self) -> None:
-        if (
-            self.first_val_batch is not None
-            and not self.trainer.sanity_checking
-            and self.trainer.is_global_zero
-        ):
+        # every rank samples (under FSDP each forward gathers the shards from all ranks); only rank 0 writes
+        if self.first_val_batch is not None and not self.trainer.sanity_checking:
             self.log_examples(self.first_val_batch)
         self.first_val_batch = None
 
@@ -135,6 +132,11 @@ class FlowMatchingModule(PerTestSetEvaluation, L.LightningModule):
         seeds = [self.hparams.val_seed + i for i in range(len(labels))]
         x = self.net.sample(inputs, seeds, self.hparams.sample_steps, self.hparams.sample_guidance)
         audio = self.net.decode(x)
+        reference, _ = self.net.encode(batch["audio"][:1], batch["audio_lens"][:1])
+        latent = not isinstance(self.net.representation, MelRepresentation)
+        reference_audio = self.net.decode(reference) if latent else None
+        if not self.trainer.is_global_zero:
+            return
         rate = self.net.sample_rate
         for i, wave in enumerate(audio):
             log_audio(self.trainer, f"sample_{i}", wave, rate)
@@ -147,10 +149,9 @@ class FlowMatchingModule(PerTestSetEvaluation, L.LightningModule):
             ),
         )
         log_audio(self.trainer, "reference_0", batch["audio"][0, :, : batch["audio_lens"][0]], rate)
-        reference, _ = self.net.encode(batch["audio"][:1], batch["audio_lens"][:1])
-        if not isinstance(self.net.representation, MelRepresentation):  # show what the decoder makes of them
+        if latent:  # show what the decoder makes of them
             display = MelRepresentation(sample_rate=rate, seconds=audio.shape[-1] / rate).to(x.device)
-            x, reference = display.encode(audio)[0], display.encode(self.net.decode(reference))[0]
+            x, reference = display.encode(audio)[0], display.encode(reference_audio)[0]
         titles = [f"seed {seed}: {label}" for seed, label in zip(seeds, labels, strict=True)]
         figure = self.mel_figure([reference[0], *x], [f"reference: {self.labels(batch)[0]}", *titles])
         log_figure(self.trainer, "samples_mel", figure)

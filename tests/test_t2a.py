@@ -557,6 +557,34 @@ def test_flow_matching_module_trains_and_logs(caption_manifests, tmp_path):
     assert math.isfinite(result["test/loss"])
 
 
+def test_every_rank_samples_examples_and_only_rank_zero_writes(monkeypatch):
+    """Under FSDP a forward needs every rank: example sampling must not be left to rank 0 alone."""
+    from types import SimpleNamespace
+
+    import lit_modules.t2a as t2a_module
+    from lit_modules.t2a import FlowMatchingModule
+
+    net = tiny_model()
+    module = FlowMatchingModule(net=net, optimizer=torch.optim.AdamW, log_examples=2)
+    sampled, written = [], []
+    original = net.sample
+    monkeypatch.setattr(net, "sample", lambda *a, **k: sampled.append(1) or original(*a, **k))
+    for name in ("log_audio", "log_text", "log_figure"):
+        monkeypatch.setattr(t2a_module, name, lambda *a, name=name: written.append(name))
+    batch = {
+        "caption": ["a man says one", "a woman says two"],
+        "audio": torch.randn(2, 1, 8000),
+        "audio_lens": torch.tensor([8000, 6000]),
+    }
+    for zero in (False, True):
+        trainer = SimpleNamespace(is_global_zero=zero, sanity_checking=False)
+        monkeypatch.setattr(FlowMatchingModule, "trainer", trainer)
+        module.first_val_batch = batch
+        module.on_validation_epoch_end()
+    assert len(sampled) == 2  # both ranks sampled
+    assert written.count("log_audio") == 3 and "log_figure" in written  # rank 0 alone: 2 samples + reference
+
+
 def test_flow_digits_trains_through_the_runner_and_reloads_as_a_submodule(mirror, tmp_path):
     """experiment=t2a/flow_digits end to end (tiny): prepared captions, fit, test, a checkpoint from which the
     CRPO stage rebuilds the model (`load_submodule(key="net")`) with the trained weights."""
