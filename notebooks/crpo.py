@@ -27,9 +27,12 @@ from pathlib import Path
 from IPython.display import Audio, display
 
 from experiments.core import crpo_view
+from experiments.core.tracking import ROOT
 
-CRPO_DIR = Path(os.environ.get("VOXLAB_CRPO_DIR", "runs/crpo"))
-EVIDENCE = os.environ.get("VOXLAB_CRPO_EVIDENCE", "runs/benchmarks/crpo_evidence/evidence.json")
+CRPO_DIR = Path(os.environ.get("VOXLAB_CRPO_DIR", ROOT / "runs" / "crpo"))
+EVIDENCE = os.environ.get(
+    "VOXLAB_CRPO_EVIDENCE", ROOT / "runs" / "benchmarks" / "crpo_evidence" / "evidence.json"
+)
 
 # %% [markdown]
 # Per iteration: the candidates' rewards, the chosen − rejected margin, ties and NaN rewards left out, and the

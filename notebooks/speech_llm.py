@@ -26,9 +26,10 @@ from IPython.display import Audio, display
 
 from experiments.core import speech_llm_view as view
 from experiments.core.cli import data_dir
+from experiments.core.tracking import ROOT
 
-PIPELINE_DIR = Path(os.environ.get("VOXLAB_SPEECH_LLM_DIR", "runs/speech_llm"))
-ROWS = view.test_rows(data_dir() / "connected_digits" / "test.jsonl", count=4)
+PIPELINE_DIR = Path(os.environ.get("VOXLAB_SPEECH_LLM_DIR", ROOT / "runs" / "speech_llm"))
+ROWS = view.manifest_rows(data_dir() / "connected_digits" / "test.jsonl")
 
 # %% [markdown]
 # The pipeline's stages on the same test sets (seen speakers; `test_heldout`: a speaker never trained on), read
@@ -66,13 +67,13 @@ view.nbest_table(model, sample_rate, ROWS[:2], beams=4).round(3)
 
 # %%
 context_model, _ = view.recognizer(PIPELINE_DIR, "context_sft")
-prompt_only = view.context_effect(context_model, sample_rate, ROWS)
-joint = view.context_effect(context_model, sample_rate, ROWS, context_weight=1.0)
+prompt_only = view.context_effect(context_model, sample_rate, ROWS, count=4)
+joint = view.context_effect(context_model, sample_rate, ROWS, count=4, context_weight=1.0)
 display(prompt_only[["utterance", "context kind", "context", "reference", "hypothesis", "wer"]])
 summary = {"prompt": prompt_only, "joint search": joint}
 display(
     {
-        name: t.groupby("context kind")[["wer", "keywords recognised"]].mean().round(3)
+        name: t.groupby("context kind")[["wer", "keyword recall"]].mean().round(3)
         for name, t in summary.items()
     }
 )

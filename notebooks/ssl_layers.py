@@ -27,8 +27,9 @@ from IPython.display import Audio, display
 from datamodules.manifest import read_manifest
 from experiments.core import ssl_view
 from experiments.core.cli import data_dir
+from experiments.core.tracking import ROOT
 
-LUISE_DIR = Path(os.environ.get("VOXLAB_LUISE_DIR", "runs/luise"))
+LUISE_DIR = Path(os.environ.get("VOXLAB_LUISE_DIR", ROOT / "runs" / "luise"))
 TEST = data_dir() / "connected_digits" / "test.jsonl"
 
 # %% [markdown]
@@ -52,6 +53,6 @@ ssl_view.label_purity(LUISE_DIR, TEST, limit=100).round(3)
 # One utterance: its log-mel, both iterations' targets and where each digit was spoken.
 
 # %%
-utterance = read_manifest(TEST)
-display(Audio(filename=str(utterance.audio_path(0))))
+test_set = read_manifest(TEST)
+display(Audio(filename=str(test_set.audio_path(0))))
 figure = ssl_view.frame_view(LUISE_DIR, TEST, index=0)

@@ -253,6 +253,8 @@ def test_layer_probe_over_manifests_gives_one_row_per_layer(tiny_data_dir):
     assert best_layer(aligned, by="wer") == 0  # the speech_llm pipeline's choice of the layer the LLM reads
     with pytest.raises(ValueError, match="by must be"):
         best_layer(aligned, by="cer")
+    with pytest.raises(ValueError, match="needs every row's PNMI"):
+        best_layer([{"layer": 0, "wer": 0.5}], by="pnmi")
 
 
 def test_label_quality_against_the_digit_alignment(tiny_data_dir):

@@ -62,12 +62,16 @@ def test_speech_llm_pipeline_chains_every_stage(tiny_data_dir, mlflow_store, tmp
     iter2 = load_checkpoint(done["iter2"]["ckpt"])["state_dict"]
     sft = load_checkpoint(done["acllm_sft"]["ckpt"])["state_dict"]
     encoder = {k[len("encoder.") :]: v for k, v in iter2.items() if k.startswith("encoder.")}
-    # the layers above the one the LLM reads are dropped
+    # the LLM reads the iteration-2 layer from which the probe transcribed best; the layers above it are dropped
+    sft_config = load_checkpoint(done["acllm_sft"]["ckpt"])["voxlab_config"]
+    layer = sft_config["model"]["model"]["encoder"]["layer"]
+    assert layer == best_layer(done["probe2"]["rows"], by="wer")
     kept = {k: v for k, v in encoder.items() if f"model.encoder.encoder.{k}" in sft}
     assert kept and all(torch.equal(sft[f"model.encoder.encoder.{k}"], v) for k, v in kept.items())
-    # the LLM reads the iteration-2 layer from which the probe transcribed best
-    sft_config = load_checkpoint(done["acllm_sft"]["ckpt"])["voxlab_config"]
-    assert sft_config["model"]["model"]["encoder"]["layer"] == best_layer(done["probe2"]["rows"], by="wer")
+    layers_kept = {int(k.split(".")[2]) for k in kept if k.startswith("conformer.conformer_layers.")}
+    assert layers_kept == set(
+        range(layer)
+    )  # layer 0 is the subsampled input, layer i the i-th block's output
     context = load_checkpoint(done["context_sft"]["ckpt"])
     assert context["voxlab_config"]["init"]["ckpt_path"] == done["acllm_sft"]["ckpt"]
     mwer = load_checkpoint(done["mwer"]["ckpt"])
@@ -102,5 +106,10 @@ def check_notebooks(out, data_dir, monkeypatch) -> None:
     assert images == 2  # the probes per layer and the frame-level view
     text, images = execute_notebook("speech_llm")
     assert "hypothesis: " in text and "log_prob" in text and "oracle" in text
-    assert "acllm/digits_lora" in text and "lora" in text  # the recipe table found the SFT run
+    assert "acllm/digits_lora" in text  # the recipe table found the SFT run
     assert images == 1  # WER per stage
+    from experiments.core.speech_llm_view import recipe_comparison
+
+    recipes = recipe_comparison()  # SFT and context SFT, apart (MWER is an RL stage)
+    assert list(recipes["recipe"]) == ["lora"] * 2 and list(recipes["runs"]) == [1, 1]
+    assert set(recipes["experiment"]) == {"acllm/digits_lora", "acllm/digits_context"}

@@ -567,8 +567,10 @@ def test_every_rank_samples_examples_and_only_rank_zero_writes(monkeypatch):
     net = tiny_model()
     module = FlowMatchingModule(net=net, optimizer=torch.optim.AdamW, log_examples=2)
     sampled, written = [], []
-    original = net.sample
-    monkeypatch.setattr(net, "sample", lambda *a, **k: sampled.append(1) or original(*a, **k))
+    for method in ("sample", "encode", "decode"):  # each may run sharded modules
+        original = getattr(net, method)
+        spy = lambda *a, method=method, original=original, **k: sampled.append(method) or original(*a, **k)  # noqa: E731
+        monkeypatch.setattr(net, method, spy)
     for name in ("log_audio", "log_text", "log_figure"):
         monkeypatch.setattr(t2a_module, name, lambda *a, name=name: written.append(name))
     batch = {
@@ -581,7 +583,7 @@ def test_every_rank_samples_examples_and_only_rank_zero_writes(monkeypatch):
         monkeypatch.setattr(FlowMatchingModule, "trainer", trainer)
         module.first_val_batch = batch
         module.on_validation_epoch_end()
-    assert len(sampled) == 2  # both ranks sampled
+    assert sampled == ["sample", "decode", "encode"] * 2  # both ranks sampled and encoded the reference
     assert written.count("log_audio") == 3 and "log_figure" in written  # rank 0 alone: 2 samples + reference
 
 

@@ -16,6 +16,7 @@ from experiments.core import tracking
 from experiments.core.checkpoints import load_module
 from experiments.core.stages import read_stage
 from experiments.core.transcripts import CONTEXT_KINDS, transcribe_manifest, with_contexts
+from research.rl.errors import keyword_counts
 from research.text import CharVocabulary
 
 
@@ -25,10 +26,10 @@ def recognizer(out: str | Path, stage: str = "mwer"):
     return module.model, module.hparams.sample_rate
 
 
-def test_rows(manifest: str | Path, count: int) -> list[dict]:
-    """The first `count` rows of a manifest, audio paths absolute (the rows are written elsewhere)."""
+def manifest_rows(manifest: str | Path) -> list[dict]:
+    """A manifest's rows with absolute audio paths (the rows are written elsewhere)."""
     source = read_manifest(manifest)
-    return [{**row, "audio_filepath": str(source.audio_path(i))} for i, row in enumerate(source.rows[:count])]
+    return [{**row, "audio_filepath": str(source.audio_path(i))} for i, row in enumerate(source.rows)]
 
 
 def transcribe_rows(model, sample_rate: int, rows: list[dict], **decoding) -> list[dict]:
@@ -70,34 +71,41 @@ def nbest_table(model, sample_rate: int, rows: list[dict], beams: int = 4) -> pd
     )
 
 
+def keyword_recall(hypothesis: str, reference: str, keywords: list[str]) -> float:
+    """Share of the keywords' occurrences in the reference that the hypothesis holds; NaN without keywords."""
+    normalize = CharVocabulary().normalize
+    hits, total = keyword_counts(normalize(hypothesis), normalize(reference), keywords)
+    return hits / total if total else float("nan")
+
+
 def context_effect(
-    model, sample_rate: int, rows: list[dict], context_weight: float | None = None
+    model, sample_rate: int, rows: list[dict], count: int, context_weight: float | None = None
 ) -> pd.DataFrame:
-    """Per utterance, greedy hypotheses without a context and with each kind of context (CONTEXT_KINDS), their WER
-    and whether every keyword of the context was recognised. `context_weight` decodes with the joint search."""
-    table = []
-    plain = transcribe_rows(model, sample_rate, rows)
-    table += [{"context kind": "none", "context": "", "keywords": [], **row} for row in plain]
+    """For the first `count` rows, greedy hypotheses without a context and with each kind of context
+    (CONTEXT_KINDS, drawn from all `rows` as the benchmark draws them), their WER and the recall of the keyword
+    context's keywords (the spoken run; without context too). `context_weight` decodes with the joint search."""
+    keywords = [row["keywords"] for row in with_contexts(rows, "keyword", count)]
+    table = {"none": [{**row, "context": ""} for row in transcribe_rows(model, sample_rate, rows[:count])]}
     for kind in CONTEXT_KINDS:
-        decoded = transcribe_rows(
+        table[kind] = transcribe_rows(
             model,
             sample_rate,
-            with_contexts(rows, kind, len(rows)),
+            with_contexts(rows, kind, count),
             context_column="context",
             context_weight=context_weight,
         )
-        table += [{"context kind": kind, **row} for row in decoded]
     return pd.DataFrame(
         {
-            "utterance": index % len(rows),
-            "context kind": row["context kind"],
+            "utterance": index,
+            "context kind": kind,
             "context": row["context"],
             "reference": row["text"],
             "hypothesis": row["hyp"],
             "wer": utterance_wer(row["hyp"], row["text"]),
-            "keywords recognised": all(k in row["hyp"].split() for k in row["keywords"]),
+            "keyword recall": keyword_recall(row["hyp"], row["text"], keywords[index]),
         }
-        for index, row in enumerate(table)
+        for kind, decoded in table.items()
+        for index, row in enumerate(decoded)
     )
 
 
@@ -119,7 +127,7 @@ def pipeline_comparison(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             result = json.loads(Path(local).read_text())
             break
     else:
-        raise LookupError(f"no finished speech_llm pipeline run in MLflow wrote into {folder}")
+        raise LookupError(f"no speech_llm pipeline run in MLflow that wrote into {folder} holds a comparison")
     metrics = pd.DataFrame(
         {"stage": stage, "test set": test_set, **values}
         for stage, sets in result["stages"].items()
@@ -131,17 +139,24 @@ def pipeline_comparison(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def recipe_comparison(component: str = "acllm") -> pd.DataFrame:
     """Every finished AcLLM run in MLflow (config `component`, in any MLflow experiment: pipelines log their stages
-    under their own) with test WERs, by experiment config and recipe (converter_only / seed_asr / lora / full):
-    mean test WERs, trained LLM parameters and run count."""
+    under their own) with test WERs, grouped by what sets them apart: experiment config, recipe, LLM directory
+    (a pretrained and a random-weight LM share the rest), encoder layer and steps; mean WERs, trained LLM
+    parameters and run count per group."""
     client = tracking.client()
     runs = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
         filter_string=f"params.component = '{component}' and attributes.status = 'FINISHED'",
     )
+    settings = {
+        "experiment": "experiment_name",
+        "recipe": "model/recipe",
+        "LLM": "model/model/llm_dir",
+        "encoder layer": "model/model/encoder/layer",
+        "steps": "trainer/max_steps",
+    }
     rows = [
         {
-            "experiment": run.data.params.get("experiment_name"),
-            "recipe": run.data.params.get("model/recipe"),
+            **{name: run.data.params.get(param, "") for name, param in settings.items()},
             "wer test": run.data.metrics["test/wer"],
             "wer test_heldout": run.data.metrics.get("test_heldout/wer"),
             "LLM params trained": run.data.metrics.get("params/llm/trainable"),
@@ -151,5 +166,7 @@ def recipe_comparison(component: str = "acllm") -> pd.DataFrame:
     ]
     if not rows:
         raise LookupError(f"no finished {component} run logged test/wer at {tracking.tracking_uri()}")
-    table = pd.DataFrame(rows).groupby(["experiment", "recipe"], dropna=False)
-    return table.mean().join(table.size().rename("runs")).reset_index()
+    table = pd.DataFrame(rows)
+    table["LLM"] = table["LLM"].map(lambda path: "/".join(Path(path).parts[-3:]))  # enough to tell them apart
+    groups = table.groupby(list(settings))
+    return groups.mean().join(groups.size().rename("runs")).reset_index()

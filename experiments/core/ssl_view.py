@@ -76,7 +76,7 @@ def frame_view(out: str | Path, manifest: str | Path, index: int = 0):
     axes[0].imshow(mel[0].T, origin="lower", aspect="auto", extent=(0, seconds, 0, mel.shape[-1]))
     axes[0].set_title(f"{row['text']}: log-mel")
     edges = [i / encoder.frame_rate for i in range(frames + 1)]
-    for axis, (name, labels) in zip(axes[1:], targets.items(), strict=False):
+    for axis, (name, labels) in zip(axes[1:-1], targets.items(), strict=True):
         axis.stairs(labels, edges, baseline=None)
         axis.set_ylabel("label")
         axis.set_title(name, fontsize=9)

@@ -125,7 +125,8 @@ def unsaid_context(builder, rows: list[dict], index: int) -> str:
 
 def with_contexts(rows: list[dict], kind: str, count: int) -> list[dict]:
     """The first `count` rows with a `context` and `keywords` column of one of CONTEXT_KINDS, drawn from the
-    rows' transcripts (seeded by row index: the same on every call)."""
+    rows' transcripts (all of them, not only the first `count`), seeded by row index: the same rows give the same
+    contexts on every call."""
     from datamodules.context import ContextBuilder
 
     if kind not in CONTEXT_KINDS:

@@ -71,6 +71,8 @@ def best_layer(rows: list[dict], by: str | None = None) -> int:
     layer-0 ones (best probe) 0.203."""
     if by not in (None, "pnmi", "wer"):
         raise ValueError(f"best_layer: by must be 'pnmi' or 'wer', got {by!r}")
+    if by == "pnmi" and not all("pnmi" in r for r in rows):
+        raise ValueError("best_layer: by='pnmi' needs every row's PNMI (probes of digit-aligned data)")
     if by != "wer" and all("pnmi" in r for r in rows):
         return max(rows, key=lambda r: (r["pnmi"], r["layer"]))["layer"]
     return max(rows, key=lambda r: (-r["wer"], r["layer"]))["layer"]

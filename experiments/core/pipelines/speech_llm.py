@@ -107,8 +107,8 @@ def run(pipeline, args: argparse.Namespace) -> None:
 
     luise.pretrain(pipeline, args)
     # the encoder stays frozen under LoRA: the LLM reads the layer from which the probe transcribes best
-    probed = args.encoder_layer is None
-    layer = best_layer(pipeline.done["probe2"]["rows"], by="wer") if probed else args.encoder_layer
+    layer_from_probe = args.encoder_layer is None
+    layer = best_layer(pipeline.done["probe2"]["rows"], by="wer") if layer_from_probe else args.encoder_layer
     common = [f"paths.data_dir={args.data_dir}", *args.common, *args.overrides]
     lm = pipeline.train_stage("text_lm", ["experiment=text_lm/sentences", *common, *args.lm])
     pipeline.train_stage(
@@ -123,7 +123,7 @@ def run(pipeline, args: argparse.Namespace) -> None:
             *common,
             *args.sft,
         ],
-        reads=("iter2", "text_lm", "probe2") if probed else ("iter2", "text_lm"),
+        reads=("iter2", "text_lm", "probe2") if layer_from_probe else ("iter2", "text_lm"),
     )
     for name, experiment, start, extra in (
         ("context_sft", "acllm/digits_context", "acllm_sft", args.context),
