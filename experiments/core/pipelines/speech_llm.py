@@ -9,7 +9,8 @@ The LUISE stages take the `luise` pipeline's options (`--layer`, `--k`, `--iter1
 `--sft`, `--context`, `--mwer` are Hydra overrides of the later stages, `--common` of every training stage. Each
 stage is a child MLflow run of one pipeline run and records the hashes of the stages it read; the pipeline run
 holds `comparison.md` / `comparison.json` (WER, CER and keyword recall per stage and test set, wall time per stage)
-and `comparison.png`.
+and `comparison.png`. `--name _x` names the recognizer stages and comparison files apart, so that another recipe
+(e.g. `--sft model.recipe=seed_asr model.lora=null`, repeated for `--context` and `--mwer`) reuses the pretraining.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--encoder-layer", type=int, help="iteration-2 layer the LLM reads (default: the lowest probe WER)"
     )
+    parser.add_argument(
+        "--name",
+        default="",
+        help="suffix of the recognizer stages' names and of the comparison files (e.g. _seed_asr): several "
+        "recipes side by side on one pretraining in one --out",
+    )
     parser.add_argument("--context", nargs="*", default=[], help="Hydra overrides for context SFT")
     parser.add_argument("--mwer", nargs="*", default=[], help="Hydra overrides for MWER")
 
@@ -52,12 +59,12 @@ def converter_sizes(encoder_ckpt: str, llm_dir) -> list[str]:
     ]
 
 
-def comparison(pipeline) -> dict:
+def comparison(pipeline, name: str = "") -> dict:
     """{"stages": {stage: {test set: {metric: value}}}, "wall_s": {stage: seconds}}: the recognizer stages' test
     metrics and every stage's wall time (as recorded when it ran)."""
     table = {
-        stage: {
-            test_set: {m: pipeline.done[stage]["metrics"].get(f"{test_set}/{m}") for m in METRICS}
+        stage + name: {
+            test_set: {m: pipeline.done[stage + name]["metrics"].get(f"{test_set}/{m}") for m in METRICS}
             for test_set in TEST_SETS
         }
         for stage in STAGES
@@ -112,7 +119,7 @@ def run(pipeline, args: argparse.Namespace) -> None:
     common = [f"paths.data_dir={args.data_dir}", *args.common, *args.overrides]
     lm = pipeline.train_stage("text_lm", ["experiment=text_lm/sentences", *common, *args.lm])
     pipeline.train_stage(
-        "acllm_sft",
+        f"acllm_sft{args.name}",
         [
             "experiment=acllm/digits_lora",
             "model.model.encoder.encoder.key=encoder",  # a LUISE run holds the encoder at the top level
@@ -125,16 +132,18 @@ def run(pipeline, args: argparse.Namespace) -> None:
         ],
         reads=("iter2", "text_lm", "probe2") if layer_from_probe else ("iter2", "text_lm"),
     )
-    for name, experiment, start, extra in (
+    for stage, experiment, start, extra in (
         ("context_sft", "acllm/digits_context", "acllm_sft", args.context),
         ("mwer", "rl/mwer_digits", "context_sft", args.mwer),
     ):
-        ckpt = pipeline.done[start]["ckpt"]
+        ckpt = pipeline.done[start + args.name]["ckpt"]
         pipeline.train_stage(
-            name, [f"experiment={experiment}", f"init.ckpt_path={ckpt}", *common, *extra], reads=(start,)
+            stage + args.name,
+            [f"experiment={experiment}", f"init.ckpt_path={ckpt}", *common, *extra],
+            reads=(start + args.name,),
         )
-    result = comparison(pipeline)
-    pipeline.publish(markdown(result), "comparison.md")
-    tracking.client().log_dict(pipeline.run_id, result, "comparison.json")
-    figure(result, args.out / "comparison.png")
-    tracking.client().log_artifact(pipeline.run_id, str(args.out / "comparison.png"))
+    result = comparison(pipeline, args.name)
+    pipeline.publish(markdown(result), f"comparison{args.name}.md")
+    tracking.client().log_dict(pipeline.run_id, result, f"comparison{args.name}.json")
+    figure(result, args.out / f"comparison{args.name}.png")
+    tracking.client().log_artifact(pipeline.run_id, str(args.out / f"comparison{args.name}.png"))
