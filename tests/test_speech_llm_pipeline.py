@@ -113,3 +113,17 @@ def check_notebooks(out, data_dir, monkeypatch) -> None:
     recipes = recipe_comparison()  # SFT and context SFT, apart (MWER is an RL stage)
     assert list(recipes["recipe"]) == ["lora"] * 2 and list(recipes["runs"]) == [1, 1]
     assert set(recipes["experiment"]) == {"acllm/digits_lora", "acllm/digits_context"}
+
+
+def test_stage_seconds_falls_back_to_the_mlflow_run(mlflow_store):
+    from experiments.core import tracking
+    from experiments.core.pipelines.speech_llm import markdown, stage_seconds
+
+    client = tracking.client()
+    run = client.create_run(tracking.experiment_id("stage_seconds"))
+    client.set_terminated(run.info.run_id, end_time=run.info.start_time + 90_500)
+    assert stage_seconds({"wall_s": 12.5, "run_id": run.info.run_id}) == 12.5
+    assert stage_seconds({"run_id": run.info.run_id}) == 90.5  # a record from before wall times were recorded
+    assert stage_seconds({"run_id": "0" * 32}) is None
+    table = markdown({"stages": {}, "wall_s": {"iter1": None, "sft": 90.5}})
+    assert "| iter1 | – |" in table and "| sft | 90 |" in table

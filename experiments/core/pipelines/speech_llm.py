@@ -69,7 +69,21 @@ def comparison(pipeline, name: str = "") -> dict:
         }
         for stage in STAGES
     }
-    return {"stages": table, "wall_s": {name: r.get("wall_s", 0.0) for name, r in pipeline.done.items()}}
+    return {"stages": table, "wall_s": {name: stage_seconds(r) for name, r in pipeline.done.items()}}
+
+
+def stage_seconds(record: dict) -> float | None:
+    """A stage's wall time: recorded when it ran, else (records written before that was recorded) its MLflow
+    run's duration; None when neither is known."""
+    if "wall_s" in record:
+        return record["wall_s"]
+    from experiments.core import tracking
+
+    try:
+        info = tracking.client().get_run(record["run_id"]).info
+    except Exception:  # the run is gone from this store (another MLFLOW_TRACKING_URI)
+        return None
+    return (info.end_time - info.start_time) / 1000 if info.end_time else None
 
 
 def markdown(result: dict) -> str:
@@ -82,7 +96,10 @@ def markdown(result: dict) -> str:
         cells = " | ".join(value(sets[t][m]) for t in TEST_SETS for m in METRICS)
         lines.append(f"| {stage} | {cells} |")
     lines += ["", "| stage | wall time (s) |", "|---|---|"]
-    lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in result["wall_s"].items()]
+    lines += [
+        f"| {stage} | {'–' if seconds is None else f'{seconds:.0f}'} |"
+        for stage, seconds in result["wall_s"].items()
+    ]
     return "\n".join(lines) + "\n"
 
 
