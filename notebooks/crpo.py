@@ -29,6 +29,7 @@ from IPython.display import Audio, display
 from experiments.core import crpo_view
 from experiments.core.tracking import ROOT
 
+os.chdir(ROOT)  # stage records hold paths relative to the repository root, where pipelines run
 CRPO_DIR = Path(os.environ.get("VOXLAB_CRPO_DIR", ROOT / "runs" / "crpo"))
 EVIDENCE = os.environ.get(
     "VOXLAB_CRPO_EVIDENCE", ROOT / "runs" / "benchmarks" / "crpo_evidence" / "evidence.json"

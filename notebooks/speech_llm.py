@@ -28,6 +28,7 @@ from experiments.core import speech_llm_view as view
 from experiments.core.cli import data_dir
 from experiments.core.tracking import ROOT
 
+os.chdir(ROOT)  # stage records hold paths relative to the repository root, where pipelines run
 PIPELINE_DIR = Path(os.environ.get("VOXLAB_SPEECH_LLM_DIR", ROOT / "runs" / "speech_llm"))
 ROWS = view.manifest_rows(data_dir() / "connected_digits" / "test.jsonl")
 

@@ -29,6 +29,7 @@ from experiments.core import ssl_view
 from experiments.core.cli import data_dir
 from experiments.core.tracking import ROOT
 
+os.chdir(ROOT)  # stage records hold paths relative to the repository root, where pipelines run
 LUISE_DIR = Path(os.environ.get("VOXLAB_LUISE_DIR", ROOT / "runs" / "luise"))
 TEST = data_dir() / "connected_digits" / "test.jsonl"
 
