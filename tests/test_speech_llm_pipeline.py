@@ -76,6 +76,11 @@ def test_speech_llm_pipeline_chains_every_stage(tiny_data_dir, mlflow_store, tmp
     assert context["voxlab_config"]["init"]["ckpt_path"] == done["acllm_sft"]["ckpt"]
     mwer = load_checkpoint(done["mwer"]["ckpt"])
     assert mwer["voxlab_config"]["init"]["ckpt_path"] == done["context_sft"]["ckpt"]
+    # MWER is tested with the joint search, as context SFT is
+    assert (
+        mwer["voxlab_config"]["model"]["context_weight"]
+        == context["voxlab_config"]["model"]["context_weight"]
+    )
     # the records name the hashes they read: a changed upstream reruns the stages below it
     records = {
         name: json.loads((out / "stages" / f"{name}.json").read_text()) for name in ("acllm_sft", "mwer")

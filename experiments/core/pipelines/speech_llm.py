@@ -151,7 +151,8 @@ def run(pipeline, args: argparse.Namespace) -> None:
     )
     for stage, experiment, start, extra in (
         ("context_sft", "acllm/digits_context", "acllm_sft", args.context),
-        ("mwer", "rl/mwer_digits", "context_sft", args.mwer),
+        # MWER's tests decode with the joint search as context SFT's do (acllm/digits_context), so the rows compare
+        ("mwer", "rl/mwer_digits", "context_sft", ["model.context_weight=1.0", *args.mwer]),
     ):
         ckpt = pipeline.done[start + args.name]["ckpt"]
         pipeline.train_stage(
