@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from datamodules.manifest import read_manifest
+from experiments.core.stages import read_stage
 
 
 def iterations(out: str | Path) -> list[int]:
@@ -23,7 +24,7 @@ def iteration_stats(out: str | Path) -> pd.DataFrame:
     the training stage's final winner/loser errors where it ran."""
     out, rows = Path(out), []
     for k in iterations(out):
-        generated = json.loads((out / "stages" / f"generate{k}.json").read_text())
+        generated = read_stage(out, f"generate{k}")
         trained_path = out / "stages" / f"train{k}.json"
         trained = json.loads(trained_path.read_text())["metrics"] if trained_path.is_file() else {}
         for split, stats in generated["stats"].items():

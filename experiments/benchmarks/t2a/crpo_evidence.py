@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from experiments.benchmarks.ssl.luise_validity import mean_sd
-from experiments.core.stages import Pipeline, file_identity
+from experiments.core.stages import Pipeline, file_identity, read_stage
 from experiments.core.tracking import ROOT
 from experiments.pipeline import main as run_pipeline
 
@@ -116,22 +116,27 @@ class Judges:
             wanted = {p["caption"] for p in self.prompts[name]}
             base = read_manifest(folder / manifest)
             # FSDD recordings 0-9 of a caption: the judge recognizer's connected digits never contain them
-            rows = [r for r in base.rows if r["caption"] in wanted and r["index"] < UNSEEN_BY_JUDGE]
-            audio, lens = load_batch(base, rows)
+            chosen = [
+                i for i, r in enumerate(base.rows) if r["caption"] in wanted and r["index"] < UNSEEN_BY_JUDGE
+            ]
+            rows = [base.rows[i] for i in chosen]
+            audio, lens = load_rows(base, chosen)
             self.real[name] = {
                 "rows": rows,
                 "audio": audio,
                 "lens": lens,
                 "embeddings": speaker_embeddings(audio, lens, 16000),
             }
-        train = read_manifest(folder / "train.jsonl").rows
-        per_speaker: dict[str, list] = {}
-        for row in train:
-            per_speaker.setdefault(row["speaker"], []).append(row)
-        centroid_rows = [r for rows in per_speaker.values() for r in rows[:: max(1, len(rows) // 30)][:30]]
-        audio, lens = load_batch(read_manifest(folder / "train.jsonl"), centroid_rows)
+        train = read_manifest(folder / "train.jsonl")
+        per_speaker: dict[str, list[int]] = {}
+        for i, row in enumerate(train.rows):
+            per_speaker.setdefault(row["speaker"], []).append(i)
+        centroid_clips = [
+            i for clips in per_speaker.values() for i in clips[:: max(1, len(clips) // 30)][:30]
+        ]
+        audio, lens = load_rows(train, centroid_clips)
         self.speakers = SpeakerJudge(
-            speaker_embeddings(audio, lens, 16000), [r["speaker"] for r in centroid_rows]
+            speaker_embeddings(audio, lens, 16000), [train.rows[i]["speaker"] for i in centroid_clips]
         )
 
     def score(self, audio: torch.Tensor, lens: torch.Tensor, prompts: list[dict], name: str) -> dict:
@@ -154,14 +159,15 @@ class Judges:
         }
 
 
-def load_batch(manifest, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of a manifest as a zero-padded batch (B, 1, T) and lengths, at 16 kHz."""
-    from datamodules.collate import pad_stack
-    from research.audio import load_audio
+def load_rows(manifest, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of a manifest as a zero-padded batch (B, 1, T) and lengths, at 16 kHz; every one must be readable."""
+    from experiments.core.dumps import load_batch
 
-    waves = [load_audio(manifest.resolve(r["audio_filepath"]), sample_rate=16000)[0] for r in rows]
-    audio, lens = pad_stack(waves)
-    return audio[:, None], lens
+    failures: list[tuple[str, str]] = []
+    _, audio, lens = load_batch(manifest, indices, 16000, failures)
+    if failures:
+        raise RuntimeError(f"unreadable clips: {failures}")
+    return audio, lens
 
 
 def evaluate_stage(pipeline: Pipeline, name: str, ckpt: str, judges: Judges, args) -> dict:
@@ -266,8 +272,7 @@ def main(argv: list[str] | None = None) -> str:
     start = time.perf_counter()
     run_pipeline([*shared_arguments(args), "--iterations", "0"])
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
-    stages = args.out / "shared" / "stages"
-    shared = {name: json.loads((stages / f"{name}.json").read_text()) for name in ("sft", "reward")}
+    shared = {name: read_stage(args.out / "shared", name) for name in ("sft", "reward")}
     jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
     with Pipeline("crpo_evidence", args.out / "judged", experiment="crpo") as pipeline:
         with ThreadPoolExecutor(args.workers) as pool:

@@ -6,3 +6,8 @@ PIPELINES = {
     "crpo": "experiments.core.pipelines.crpo",
     "speech_llm": "experiments.core.pipelines.speech_llm",
 }
+
+
+def common_overrides(args) -> list[str]:
+    """Hydra overrides of every training stage: the data folder, `--common` and the trailing overrides."""
+    return [f"paths.data_dir={args.data_dir}", *args.common, *args.overrides]

@@ -20,6 +20,7 @@ import argparse
 from pathlib import Path
 
 from experiments.core.cli import data_dir
+from experiments.core.pipelines import common_overrides
 
 MODES = ("crpo", "static", "random", "sft_only")
 # reward -> (experiment that trains its model, config key of that model's run id); None: nothing to train
@@ -219,10 +220,9 @@ def run(pipeline, args: argparse.Namespace) -> None:
     from experiments.core.compose import compose_config
     from experiments.core.stages import external_record
 
-    common = [f"paths.data_dir={args.data_dir}", *args.common, *args.overrides]
-    if (
-        args.policy_ckpt
-    ):  # identified by content, not path: a checkpoint retrained in place reruns what reads it
+    common = common_overrides(args)
+    # checkpoints given from outside are identified by content: one retrained in place reruns what reads it
+    if args.policy_ckpt:
         pipeline.done["sft"] = external_record(args.policy_ckpt)
     else:
         pipeline.train_stage("sft", ["experiment=t2a/flow_digits", *common, *args.sft])

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from experiments.core.cli import data_dir
+from experiments.core.pipelines import common_overrides
 
 LABEL_MANIFESTS = (
     "librispeech_unlabeled/all.jsonl",
@@ -134,7 +135,7 @@ def labels_stage(pipeline, args) -> dict:
 def pretrain(pipeline, args: argparse.Namespace) -> None:
     """Iteration 1 -> probe -> labels -> iteration 2 -> probe (records in `pipeline.done`)."""
     args.digits = args.data_dir / "connected_digits"
-    common = [f"paths.data_dir={args.data_dir}", *args.common, *args.overrides]
+    common = common_overrides(args)
     iter1 = pipeline.train_stage("iter1", ["experiment=ssl/luise_iter1", *common, *args.iter1])
     probe_stage(pipeline, "probe1", "iter1", args)
     labels = labels_stage(pipeline, args)
@@ -168,7 +169,7 @@ def run(pipeline, args: argparse.Namespace) -> None:
     if args.sft is None:
         return
     iter2 = pipeline.done["iter2"]
-    common = [f"paths.data_dir={args.data_dir}", *args.common, *args.overrides]
+    common = common_overrides(args)
     for suffix, reseed in sft_seeds(args.sft_seeds):
         sft = [*common, *args.sft, *reseed]
         pipeline.train_stage(

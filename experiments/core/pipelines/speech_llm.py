@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from experiments.core.pipelines import luise
+from experiments.core.pipelines import common_overrides, luise
 
 STAGES = ("acllm_sft", "context_sft", "mwer")  # names apart from the luise pipeline's CTC "sft"
 METRICS = ("wer", "cer", "keyword_recall")
@@ -133,7 +133,7 @@ def run(pipeline, args: argparse.Namespace) -> None:
     # the encoder stays frozen under LoRA: the LLM reads the layer from which the probe transcribes best
     layer_from_probe = args.encoder_layer is None
     layer = best_layer(pipeline.done["probe2"]["rows"], by="wer") if layer_from_probe else args.encoder_layer
-    common = [f"paths.data_dir={args.data_dir}", *args.common, *args.overrides]
+    common = common_overrides(args)
     lm = pipeline.train_stage("text_lm", ["experiment=text_lm/sentences", *common, *args.lm])
     pipeline.train_stage(
         f"acllm_sft{args.name}",
