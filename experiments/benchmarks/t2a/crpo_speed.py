@@ -20,32 +20,20 @@ import time
 from functools import partial
 from pathlib import Path
 
-import lightning as L
 import torch
 
+from experiments.benchmarks.timing import lightning_step_times
+from experiments.core.stages import read_stage
 from experiments.core.tracking import ROOT
 
-EVIDENCE = ROOT / "runs" / "benchmarks" / "crpo_evidence" / "shared" / "stages"
+# the evidence benchmark's SFT and reward stages
+EVIDENCE = ROOT / "runs" / "benchmarks" / "crpo_evidence" / "shared"
 
 
 def timed(fn) -> tuple[float, object]:
     start = time.perf_counter()
     result = fn()
     return time.perf_counter() - start, result
-
-
-class StepTimer(L.Callback):
-    """Wall time from the first training batch's start to the last batch's end, per step."""
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if trainer.global_step == 0 and batch_idx == 0:
-            self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.end = time.perf_counter()
-
-    def per_step(self, steps: int) -> float:
-        return (self.end - self.start) / steps
 
 
 def crpo_module(policy_state: dict, policy_ckpt: str, lr: float):
@@ -57,39 +45,21 @@ def crpo_module(policy_state: dict, policy_ckpt: str, lr: float):
     return CRPOModule(net=net, optimizer=partial(torch.optim.AdamW, lr=lr), log_examples=0)
 
 
-def lightning_steps(module, loader, steps: int) -> float:
-    timer = StepTimer()
-    trainer = L.Trainer(
-        max_steps=steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        callbacks=[timer],
-    )
-    trainer.fit(module, train_dataloaders=loader)
-    return timer.per_step(steps)
-
-
-def plain_steps(module, loader, steps: int) -> float:
+def plain_step_times(module, batch: dict, steps: int) -> list[float]:
+    """Seconds per step of the same CRPO update written as a plain PyTorch loop."""
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
     module.train()
-    batches = iter(loader)
-    start = None
-    for step in range(steps):
-        if step == 0:
-            start = time.perf_counter()
-        batch = next(batches)
-        chosen = batch["chosen"]
-        noise = torch.randn_like(chosen)
-        t = module.net.sample_times(chosen.shape[0])
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        noise = torch.randn_like(batch["chosen"])
+        t = module.net.sample_times(batch["chosen"].shape[0])
         loss = module.pair_loss(batch, noise, t).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return (time.perf_counter() - start) / steps
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -113,8 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     from experiments.core.checkpoints import load_submodule
     from experiments.core.cli import data_dir
 
-    policy_ckpt = args.policy or json.loads((EVIDENCE / "sft.json").read_text())["ckpt"]
-    reward_ckpt = args.reward or best_checkpoint(json.loads((EVIDENCE / "reward.json").read_text()))
+    policy_ckpt = args.policy or read_stage(EVIDENCE, "sft")["ckpt"]
+    reward_ckpt = args.reward or best_checkpoint(read_stage(EVIDENCE, "reward"))
     policy = load_submodule("net", ckpt_path=policy_ckpt)
     reward_cfg = OmegaConf.load(ROOT / "experiments/configs/reward/clap.yaml")
     reward_cfg.model.ckpt_path = reward_ckpt
@@ -152,19 +122,18 @@ def main(argv: list[str] | None = None) -> dict:
         for i in range(args.candidates // 2)
     ]
     state = {k: v.clone() for k, v in policy.state_dict().items()}
+    batch = collate_pairs((pairs * args.batch)[: args.batch])  # the same batch in both arms
     times: dict[str, list[float]] = {"lightning": [], "plain": []}
     for _ in range(args.rounds):
-        for arm, run in (("plain", plain_steps), ("lightning", lightning_steps)):
-            # the same full batches in both: the pairs repeated, unshuffled
-            repeated = pairs * (args.steps * args.batch // len(pairs) + 1)
-            loader = torch.utils.data.DataLoader(repeated, batch_size=args.batch, collate_fn=collate_pairs)
-            times[arm].append(run(crpo_module(state, policy_ckpt, 1e-4), loader, args.steps))
+        for arm, run in (("plain", plain_step_times), ("lightning", lightning_step_times)):
+            per_step = run(crpo_module(state, policy_ckpt, 1e-4), batch, args.steps)
+            times[arm].append(statistics.median(per_step))
     step = {arm: statistics.median(values) for arm, values in times.items()}
     ratio = step["lightning"] / step["plain"]
     result |= {"step_s": step, "lightning_over_plain": ratio}
     lines += [
         f"- CRPO step ({args.batch} pairs, policy + reference): Lightning {step['lightning']:.3f} s, plain loop "
-        f"{step['plain']:.3f} s: ratio {ratio:.3f} (median of {args.rounds} alternating rounds of {args.steps})",
+        f"{step['plain']:.3f} s: ratio {ratio:.3f} (median step of {args.rounds} alternating rounds of {args.steps} steps)",
     ]
     # one iteration of the evidence benchmark's settings, from these rates
     candidates, train_steps = 36 * 2 * 5 + 12 * 5, 60
